@@ -1,0 +1,121 @@
+"""Figures and DVC plot data: confusion records, ROC curves, image grids, learning curves.
+
+DVC renders the JSON records (`dvc plots show`); the PNGs are for what DVC's templates
+cannot draw (one ROC curve per class, labelled test images, overlaid learning curves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on CI or training servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+FPR_GRID = np.linspace(0.0, 1.0, 201)
+
+
+def confusion_records(labels: np.ndarray, preds: np.ndarray, classes: Sequence[str]) -> list[dict]:
+    """One `{actual, predicted}` record per test image, for DVC's `confusion` template."""
+    return [
+        {"actual": classes[a], "predicted": classes[p]} for a, p in zip(labels, preds, strict=True)
+    ]
+
+
+def per_class_roc(labels: np.ndarray, probs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One-vs-rest ROC curve `(fpr, tpr)` of every class (absent classes give empty arrays)."""
+    curves = []
+    for c in range(probs.shape[1]):
+        positives = labels == c
+        if positives.all() or not positives.any():
+            curves.append((np.empty(0), np.empty(0)))
+            continue
+        fpr, tpr, _ = roc_curve(positives, probs[:, c])
+        curves.append((fpr, tpr))
+    return curves
+
+
+def macro_roc_records(curves: list[tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+    """The macro-average ROC curve (per-class TPR interpolated on a common FPR grid)."""
+    tprs = [np.interp(FPR_GRID, fpr, tpr) for fpr, tpr in curves if fpr.size]
+    mean_tpr = np.mean(tprs, axis=0)
+    mean_tpr[0] = 0.0
+    return [
+        {"fpr": round(float(f), 4), "tpr": round(float(t), 6)}
+        for f, t in zip(FPR_GRID, mean_tpr, strict=True)
+    ]
+
+
+def save_roc_png(
+    path: Path, curves: list[tuple[np.ndarray, np.ndarray]], classes: Sequence[str], title: str
+) -> None:
+    """All one-vs-rest ROC curves in one figure (legend only for up to 20 classes)."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for (fpr, tpr), name in zip(curves, classes, strict=True):
+        if fpr.size:
+            ax.plot(fpr, tpr, lw=1, label=name)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    if len(classes) <= 20:
+        ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def save_prediction_grid(
+    path: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    preds: np.ndarray,
+    classes: Sequence[str],
+    title: str,
+    columns: int = 8,
+) -> None:
+    """A grid of test images titled `true / predicted`; misclassified ones framed in red.
+
+    Args:
+        images: uint8 array of shape (N, 3, 32, 32).
+    """
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label, pred in zip(axes.flat, images, labels, preds, strict=False):
+        wrong = label != pred
+        ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+        ax.set_title(
+            f"{classes[label]}\n→ {classes[pred]}", fontsize=7, color="red" if wrong else "black"
+        )
+        if wrong:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set(color="red", linewidth=2.5)
+    fig.suptitle(f"{title} (true → predicted; red = misclassified)", fontsize=9)
+    _save(fig, path)
+
+
+def save_curves_png(
+    path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], ylabel: str, title: str
+) -> None:
+    """Overlay named `(x, y)` curves, e.g. validation accuracy per epoch of both models."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, marker="o", ms=3, label=name)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

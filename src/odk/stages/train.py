@@ -1,0 +1,252 @@
+"""Stage `train_baseline` / `train_odk`: fit one model with Lightning and keep the best epoch.
+
+`python -m odk.stages.train baseline|odk [hydra overrides]`. The dense baseline and the ODK
+model share everything but `model.*`. A run checkpoints every epoch under `.odk_state/`
+(outside DVC's outputs, which DVC deletes before a stage runs), so a killed run started again
+with the same settings resumes from its last completed epoch and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from dvclive.lightning import DVCLiveLogger
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from odk.checkpoint import atomic_torch_save, save_model
+from odk.config import Config, config_to_dict
+from odk.data import CIFARDataModule, read_manifest
+from odk.errors import OdkError
+from odk.models import count_parameters, parameter_report
+from odk.runinfo import atomic_write_json, provenance
+from odk.stages import KINDS, kind_main
+
+STATE_ROOT = Path(".odk_state")
+
+
+def model_arch(cfg: Config, kind: str, num_classes: int) -> dict[str, Any]:
+    """`odk.build_model` arguments for the baseline or the ODK model of these settings."""
+    odk = kind == "odk"
+    return {
+        "baseline_name": cfg.baseline_name,
+        "num_classes": num_classes,
+        "odk_layers": list(cfg.model.odk_layers) if odk else [],
+        "num_matrices": cfg.model.num_matrices if odk else 1,
+        "r": cfg.model.r if odk else 1,
+    }
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary file and renamed: SIGKILL-safe."""
+
+    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+
+class RunRecorder(Callback):
+    """Saves the best-by-validation-accuracy model file and sums the training time.
+
+    Its state travels in Lightning's checkpoint, so a resumed run keeps the best epoch and
+    the time already spent.
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path, self.meta = path, meta
+        self.best_acc, self.best_epoch, self.train_seconds = -1.0, -1, 0.0
+        self._epoch_start = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.train_seconds += time.perf_counter() - self._epoch_start  # train + validation
+        acc = trainer.callback_metrics.get("val/acc")
+        if acc is None or float(acc) <= self.best_acc:
+            return
+        self.best_acc, self.best_epoch = float(acc), trainer.current_epoch
+        if trainer.is_global_zero:
+            extra = {"epoch": self.best_epoch, "val_acc": self.best_acc}
+            save_model(self.path, pl_module.model, extra=extra, **self.meta)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_acc = state_dict["best_acc"]
+        self.best_epoch = state_dict["best_epoch"]
+        self.train_seconds = state_dict["train_seconds"]
+
+
+def _fingerprint(cfg: Config, kind: str, manifest: dict[str, Any]) -> str:
+    """What a resumable run depends on; any change starts the run over."""
+    keys = (
+        "seed",
+        "learning_rate",
+        "max_epochs",
+        "baseline_name",
+        "model",
+        "scheduler",
+        "trainer",
+        "data_module",
+    )
+    settings = {key: config_to_dict(cfg)[key] for key in keys}
+    blob = json.dumps({"kind": kind, "settings": settings, "manifest": manifest}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _prepare_state(state_dir: Path, fingerprint: str) -> Path | None:
+    """Return the checkpoint to resume from, or None after clearing a stale state folder."""
+    marker, last = state_dir / "fingerprint", state_dir / "last.ckpt"
+    if last.is_file() and marker.is_file() and marker.read_text() == fingerprint:
+        return last
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True)
+    marker.write_text(fingerprint)
+    return None
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Copy a folder into place through a temporary sibling (never half-written)."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def train(cfg: Config, kind: str) -> dict[str, Any]:
+    """Train the `kind` model (`baseline` or `odk`) and write its model, metrics and curves.
+
+    Outputs: `models/<kind>.ckpt`, `metrics/train_<kind>.json`, `plots/train/<kind>/`.
+    """
+    if kind not in KINDS:
+        raise OdkError(f"model kind {kind!r} is not allowed; allowed: {', '.join(KINDS)}")
+    dm = CIFARDataModule(
+        cfg.data_module.data_dir, cfg.data_module.batch_size, cfg.data_module.num_workers, cfg.seed
+    )
+    manifest = read_manifest(dm.split_dir)
+    arch = model_arch(cfg, kind, len(manifest["classes"]))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    lit = _build_lit(cfg, arch)
+
+    state_dir = STATE_ROOT / f"train_{kind}"
+    resume_from = _prepare_state(state_dir, _fingerprint(cfg, kind, manifest))
+    meta = {
+        "arch": arch,
+        "classes": manifest["classes"],
+        "mean": manifest["mean"],
+        "std": manifest["std"],
+    }
+    recorder = RunRecorder(state_dir / "best_model.ckpt", meta)
+    logger = DVCLiveLogger(
+        dir=str(state_dir / "dvclive"),
+        resume=resume_from is not None,
+        dvcyaml=None,
+        save_dvc_exp=False,
+        report=None,
+    )
+    trainer = _build_trainer(cfg, state_dir, [recorder], logger)
+    if resume_from is not None:
+        print(f"Resuming {kind} training from {resume_from}", file=sys.stderr)
+    try:
+        trainer.fit(lit, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+    except BaseException as exc:
+        if type(exc).__name__ == "SIGTERMException":
+            raise OdkError(
+                f"training of {kind} stopped by SIGTERM during epoch {trainer.current_epoch}; "
+                f"run the stage again to resume from {state_dir / 'last.ckpt'}"
+            ) from None
+        raise
+    if recorder.best_epoch < 0:
+        raise OdkError("training produced no validation accuracy (is the validation set empty?)")
+    return _write_outputs(cfg, kind, lit, recorder, state_dir, manifest)
+
+
+def _build_lit(cfg: Config, arch: dict[str, Any]) -> pl.LightningModule:
+    from odk.lit import LitClassifier
+
+    return LitClassifier(arch, cfg.learning_rate, cfg.scheduler.name, cfg.max_epochs)
+
+
+def _build_trainer(
+    cfg: Config, state_dir: Path, callbacks: list[Callback], logger: DVCLiveLogger
+) -> pl.Trainer:
+    t = cfg.trainer
+    # Bit-for-bit reruns on the CPU; on GPUs deterministic kernels would cost speed.
+    cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=cfg.max_epochs,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        callbacks=[*callbacks, _EveryEpoch(state_dir / "last.ckpt")],
+        logger=logger,
+        plugins=[AtomicCheckpointIO()],
+        deterministic=cpu,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        default_root_dir=state_dir,
+    )
+
+
+class _EveryEpoch(Callback):
+    """Writes `last.ckpt` after every validated epoch (the resume point)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)
+
+
+def _write_outputs(
+    cfg: Config,
+    kind: str,
+    lit: pl.LightningModule,
+    recorder: RunRecorder,
+    state_dir: Path,
+    manifest: dict[str, Any],
+) -> dict[str, Any]:
+    report = parameter_report(lit.model)
+    metrics = {
+        "trainable_params": count_parameters(lit.model),
+        "best_val_acc": recorder.best_acc,
+        "best_epoch": recorder.best_epoch,
+        "epochs": cfg.max_epochs,
+        "training_time_s": round(recorder.train_seconds, 3),
+        **provenance(cfg.seed, manifest["source_md5"]),
+    }
+    live_dir = state_dir / "dvclive"
+    (live_dir / "parameter_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _publish(live_dir, Path("plots/train") / kind)
+    model_path = Path("models") / f"{kind}.ckpt"
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(recorder.path, model_path.with_suffix(".ckpt.tmp"))
+    model_path.with_suffix(".ckpt.tmp").replace(model_path)
+    atomic_write_json(Path("metrics") / f"train_{kind}.json", metrics)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    kind_main(train, "odk.stages.train")
