@@ -1,0 +1,261 @@
+"""Download stage: fetch the CIFAR archive, verify its md5, extract it safely to data/raw.
+
+The archive (`dataset.url`: https, file:// or a local path) streams into a `.part` file that
+is renamed only once complete and matching `dataset.md5`. Members are checked before
+extraction (no absolute paths, no `..`, no links or devices), the result must be the official
+"python version" layout (checked by reading it, not by the official per-file checksums, so a
+re-packed mirror works), and `<data_dir>/raw/` appears in one rename, complete or not at all.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import http.client
+import json
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, NamedTuple
+
+import numpy as np
+from tqdm import tqdm
+
+from odk.config import Config, main_entry
+from odk.errors import DataError
+
+
+class Layout(NamedTuple):
+    """Where the official "python version" archive keeps its files and keys."""
+
+    folder: str
+    train_files: tuple[str, ...]
+    test_file: str
+    meta_file: str
+    label_key: bytes
+    names_key: bytes
+
+
+TRAIN_FILES_10 = tuple(f"data_batch_{i}" for i in range(1, 6))
+LAYOUTS = {
+    "cifar10": Layout(
+        "cifar-10-batches-py",
+        TRAIN_FILES_10,
+        "test_batch",
+        "batches.meta",
+        b"labels",
+        b"label_names",
+    ),
+    "cifar100": Layout(
+        "cifar-100-python", ("train",), "test", "meta", b"fine_labels", b"fine_label_names"
+    ),
+}
+
+
+def download(cfg: Config) -> Path:
+    """Fetch `dataset.url`, check its md5 and format, and extract it to `<data_dir>/raw/`.
+
+    Returns:
+        The raw folder: the official extracted folder plus `source.json` (dataset, md5).
+    """
+    name, url, md5 = cfg.dataset.name, cfg.dataset.url, cfg.dataset.md5.lower()
+    raw_dir = Path(cfg.data_module.data_dir) / "raw"
+    with atomic_dir(raw_dir) as tmp:
+        archive = fetch(url, tmp / "archive.tar.gz", md5)
+        extract(archive, tmp / "extracted", label=url)
+        archive.unlink()
+        data = read_raw(tmp / "extracted", name)
+        os.rename(tmp / "extracted" / LAYOUTS[name].folder, tmp / LAYOUTS[name].folder)
+        shutil.rmtree(tmp / "extracted")
+        source = {"dataset": name, "md5": md5}
+        (tmp / "source.json").write_text(json.dumps(source, indent=2) + "\n")
+    sizes = f"{len(data.train_labels)} train and {len(data.test_labels)} test images"
+    print(f"download: {name} ({sizes}, {len(data.classes)} classes) in {raw_dir}")
+    return raw_dir
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `final` that replaces it only if the block succeeds.
+
+    A failed or killed run leaves `final` as it was (or absent), never half-written; a killed
+    run's hidden `.<name>.tmp-*` leftovers are removed by the next run.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    try:
+        yield tmp
+        old = final.parent / f".{final.name}.tmp-old-{tmp.name[-8:]}"
+        if final.exists():
+            os.rename(final, old)  # moved aside, so that the rename below is a single step
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left once renamed
+
+
+def fetch(url: str, dest: Path, md5: str) -> Path:
+    """Copy `url` to `dest` through `dest.part`, renamed only once complete with this md5.
+
+    Raises:
+        DataError: the source is missing or unreachable, the copy incomplete, the md5 wrong.
+    """
+    part = dest.with_name(dest.name + ".part")
+    digest, copied = hashlib.md5(), 0
+    try:
+        with _open(url) as (stream, total), open(part, "wb") as out:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="download", disable=None)
+            with bar:
+                while chunk := stream.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+                    copied += len(chunk)
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        part.unlink(missing_ok=True)
+        raise DataError(f"cannot read dataset.url={url}: {error}") from None
+    if total is not None and copied != total:
+        part.unlink()
+        raise DataError(f"download of {url} incomplete: {copied} of {total} bytes")
+    if digest.hexdigest() != md5:
+        part.unlink()
+        got = f"expected {md5} (dataset.md5), got {digest.hexdigest()}"
+        raise DataError(f"md5 mismatch for {url}: {got}; a corrupt copy or another archive")
+    os.replace(part, dest)
+    return dest
+
+
+@contextmanager
+def _open(url: str) -> Iterator[tuple[IO[bytes], int | None]]:
+    """The source as a byte stream, with its size when known."""
+    if url.startswith("https://"):
+        with urllib.request.urlopen(url, timeout=60) as response:
+            length = response.headers.get("Content-Length")
+            yield response, int(length) if length and length.isdigit() else None
+        return
+    if url.startswith("file://"):
+        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+    else:
+        path = Path(url).expanduser()
+    if not path.is_file():
+        raise DataError(f"dataset.url={url}: archive not found ({path} is not a file)")
+    with open(path, "rb") as f:
+        yield f, path.stat().st_size
+
+
+def extract(archive: Path, dest: Path, label: str = "") -> None:
+    """Extract a .tar.gz into `dest` after checking every member is a plain file or folder.
+
+    Raises:
+        DataError: an unsafe member (absolute path, `..`, link, device) or a corrupt archive.
+    """
+    label = label or str(archive)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()  # reads the whole archive, so truncation shows here
+            for member in members:
+                _check_member(member, label)
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(dest, members=members, **safe)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise DataError(
+            f"{label} is not a readable .tar.gz (truncated or corrupt?): {error}"
+        ) from None
+
+
+def _check_member(member: tarfile.TarInfo, label: str) -> None:
+    path = PurePosixPath(member.name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or ":" in member.name:
+        raise DataError(f"unsafe member {member.name!r} in {label}: absolute path or '..'")
+    if not (member.isfile() or member.isdir()):
+        raise DataError(f"unsafe member {member.name!r} in {label}: links and devices refused")
+
+
+class RawCifar(NamedTuple):
+    """The official train and test sets: uint8 (N, 3, 32, 32) images, int64 labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+
+
+def read_raw(raw_dir: Path, name: str) -> RawCifar:
+    """Read an extracted official CIFAR "python version" folder from `raw_dir`.
+
+    Raises:
+        DataError: a file is missing or is not in the official format.
+    """
+    layout = LAYOUTS[name]
+    folder, label_key = Path(raw_dir) / layout.folder, layout.label_key
+    files = (*layout.train_files, layout.test_file, layout.meta_file)
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        what = f"{folder} lacks {', '.join(missing)}"
+        raise DataError(f"not the official {name} python format: {what}")
+    names = _load_pickle(folder / layout.meta_file).get(layout.names_key)
+    if not isinstance(names, list) or not names or not all(isinstance(n, bytes) for n in names):
+        where = f"{folder / layout.meta_file} under {layout.names_key!r}"
+        raise DataError(f"not the official {name} python format: no class names in {where}")
+    classes = [n.decode("latin1") for n in names]
+    train = [_read_batch(folder / f, label_key, len(classes)) for f in layout.train_files]
+    test_images, test_labels = _read_batch(folder / layout.test_file, label_key, len(classes))
+    train_images = np.concatenate([images for images, _ in train])
+    train_labels = np.concatenate([labels for _, labels in train])
+    return RawCifar(train_images, train_labels, test_images, test_labels, classes)
+
+
+def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    batch = _load_pickle(path)
+    data, labels = batch.get(b"data"), batch.get(label_key)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        raise DataError(f"{path}: b'data' is not a uint8 (N, 3072) array")
+    if data.shape[1] != 3 * 32 * 32 or not isinstance(labels, list) or len(labels) != len(data):
+        raise DataError(f"{path}: expected (N, 3072) images and N labels under {label_key!r}")
+    labels_array = np.asarray(labels, dtype=np.int64)
+    if len(data) == 0 or labels_array.min() < 0 or labels_array.max() >= num_classes:
+        raise DataError(f"{path}: empty, or labels outside 0..{num_classes - 1}")
+    return data.reshape(-1, 3, 32, 32), labels_array  # rows are 1024 red, 1024 green, 1024 blue
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: an archive cannot run code."""
+
+    _reconstruct = np.empty(0).__reduce__()[0]  # numpy's own, whatever its module path
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # the official pickles
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy >= 2 pickles
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # protocol-2 bytes
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR pickle")
+        return self.ALLOWED[module, name]
+
+
+def _load_pickle(path: Path) -> dict[Any, Any]:
+    try:
+        with open(path, "rb") as f:
+            content = _ArrayUnpickler(f, encoding="bytes").load()
+    except Exception as error:  # unpickling corrupt bytes raises almost any type
+        raise DataError(f"{path} is not a CIFAR python-format pickle: {error}") from None
+    if not isinstance(content, dict):
+        raise DataError(f"{path} is not a CIFAR python-format pickle: not a dict")
+    return content
+
+
+if __name__ == "__main__":
+    main_entry(download)
