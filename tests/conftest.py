@@ -18,6 +18,9 @@ from odk.stages.download import download
 from odk.stages.split import split
 from odk.synthetic import write_cifar_archive
 
+# tests/e2e.py: the `reproduced_repo` fixture and helpers of the end-to-end tests
+pytest_plugins = ["e2e"]
+
 REPO = Path(__file__).resolve().parents[1]
 Archive = tuple[Path, str]  # (path, md5)
 

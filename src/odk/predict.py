@@ -1,0 +1,152 @@
+"""`odk predict`: classify image files and folders with a trained model file.
+
+Images of any size and mode are converted to RGB and resized to the 32x32 the network was
+trained on, normalized with the mean/std stored in the model file, and sent through the model
+in batches. A file that cannot be read becomes a per-file error; the others go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from odk.data import normalize
+
+IMAGE_SIZE = 32  # CIFAR resolution: the ResNet's first conv is 3x3 stride 1, no pooling
+TOP_K = 5
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+@dataclass
+class Prediction:
+    """The result for one input file: a label and its probability, or an error."""
+
+    path: str
+    label: str | None = None
+    probability: float | None = None
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` record of a classified file: path, label, probability, top-5."""
+        top5 = [{"label": name, "probability": p} for name, p in self.top]
+        return {
+            "path": self.path,
+            "label": self.label,
+            "probability": self.probability,
+            "top5": top5,
+        }
+
+
+def expand_paths(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str | None]]:
+    """Every file named or found (recursively, sorted) under a named folder.
+
+    Hidden files and folders (`.DS_Store`, `.git`) inside folders are skipped.
+
+    Yields:
+        `(path, None)` for a file to read, `(path, reason)` for a path that cannot be used.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            yield path, None
+        elif path.is_dir():
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not files:
+                yield path, "folder holds no files"
+            yield from ((p, None) for p in files)
+        else:
+            yield path, "no such file or folder"
+
+
+def read_image(path: str | Path, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """An image file as a uint8 tensor of shape (3, size, size).
+
+    EXIF rotation is applied, transparency is composited onto white, 16-bit grayscale is scaled
+    to 8 bits, and the image is resized (antialiased) to `size` x `size` without keeping its
+    aspect ratio, as CIFAR images are square.
+
+    Raises:
+        OSError, ValueError: The file is not a readable PNG/JPEG/... image.
+    """
+    with Image.open(path) as img:
+        img.load()  # decode now, so a truncated file fails here and not later
+        img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I"):  # 16-bit grayscale PNG: convert("RGB") would clip at 255
+            img = Image.fromarray((np.asarray(img) / 257).round().clip(0, 255).astype(np.uint8))
+        if img.mode in ("RGBA", "LA", "P", "PA"):
+            rgba = img.convert("RGBA")
+            img = Image.new("RGB", rgba.size, (255, 255, 255))
+            img.paste(rgba, mask=rgba.getchannel("A"))
+        img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+@torch.inference_mode()
+def classify(
+    model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """Softmax probabilities of a uint8 batch (B, 3, H, W), shape (B, num_classes)."""
+    logits = model(normalize(images, mean, std))  # (B, num_classes)
+    return torch.softmax(logits.double(), dim=1).float()
+
+
+def predict_files(
+    model: nn.Module, meta: dict[str, Any], paths: Iterable[str | Path], batch_size: int = 64
+) -> Iterator[Prediction]:
+    """Classify every file under `paths`, in batches, yielding results in input order.
+
+    Args:
+        model: The network in eval mode (from `odk.checkpoint.load_model`).
+        meta: The model file's metadata: `classes`, `mean`, `std`.
+        paths: Files and folders.
+        batch_size: Images sent through the model at once.
+    """
+    pending: list[Prediction] = []  # results held until their batch is classified
+    batch: list[torch.Tensor] = []
+    for path, reason in expand_paths(paths):
+        if reason is None:
+            try:
+                batch.append(read_image(path))
+            except UnidentifiedImageError:
+                reason = "not an image (no format Pillow reads: PNG, JPEG, ...)"
+            except _UNREADABLE as exc:
+                reason = f"unreadable image ({type(exc).__name__}: {_first_line(exc)})"
+        pending.append(Prediction(str(path), error=reason))
+        if len(batch) == batch_size:
+            yield from _finish(model, meta, pending, batch)
+            pending, batch = [], []
+    yield from _finish(model, meta, pending, batch)
+
+
+def _finish(
+    model: nn.Module, meta: dict[str, Any], pending: list[Prediction], batch: list[torch.Tensor]
+) -> list[Prediction]:
+    """Fill in the pending (non-error) results with the batch's top-k predictions."""
+    if batch:
+        classes = meta["classes"]
+        probs = classify(model, torch.stack(batch), meta["mean"], meta["std"])
+        top_p, top_i = probs.topk(min(TOP_K, len(classes)), dim=1)
+        rows = iter(zip(top_p.tolist(), top_i.tolist(), strict=True))
+        for result in (r for r in pending if r.error is None):
+            ps, idx = next(rows)
+            result.top = [(classes[i], round(p, 6)) for p, i in zip(ps, idx, strict=True)]
+            result.label, result.probability = result.top[0]
+    return pending
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no details"
