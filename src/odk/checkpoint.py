@@ -8,14 +8,13 @@ makes it. Lightning's full training checkpoints (for resuming) live elsewhere.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from odk.atomic import atomic_file
 from odk.errors import OdkError
 from odk.models import build_model
 
@@ -61,16 +60,9 @@ def save_model(
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`torch.save` to a temporary file next to `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """`torch.save` to a temporary sibling of `path`, then rename it into place."""
+    with atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:

@@ -10,7 +10,6 @@ the destination: outputs within `atol` of the checkpoint's, every conv weight a 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from odk.atomic import atomic_file
 from odk.checkpoint import load_model
 from odk.errors import OdkError
 from odk.layers import ODKConv2d, merge_odk_convs
 from odk.predict import IMAGE_SIZE
 
 FORMATS = ("torchscript", "onnx")
-SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 ATOL = 1e-4
 _CONV_OPS = {"aten::conv2d", "aten::_convolution"}
 _INPUT_DOC = f"float32 RGB pixels in [0, 1], shape (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}); out: logits"
@@ -74,10 +73,7 @@ def export_model(
     info = {"classes": list(meta["classes"]), "arch": meta["arch"], "input": _INPUT_DOC}
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its 0600 mode would stay on the file; torch and onnx honour the umask.
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{SUFFIXES[fmt]}")
-    try:
+    with atomic_file(out) as tmp:
         run = _write_torchscript if fmt == "torchscript" else _write_onnx
         run_exported = run(plain, tmp, info)
         diff = _max_abs_diff(reference, run_exported, seed)
@@ -85,9 +81,6 @@ def export_model(
             raise OdkError(
                 f"exported {fmt} model differs from {model_path} by {diff:.3g} (allowed {atol})"
             )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {
         "path": str(out),
         "format": fmt,

@@ -18,8 +18,8 @@ matplotlib.use("Agg")  # no display on CI or servers
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from odk.atomic import atomic_file, write_text  # noqa: E402
 from odk.errors import OdkError  # noqa: E402
-from odk.runinfo import atomic_write_text  # noqa: E402
 
 # column -> dotted key in params.yaml; the settings a point's label may name
 SETTINGS = {
@@ -188,14 +188,11 @@ def _draw_baselines(ax: plt.Axes, rows: list[dict[str, Any]], columns: list[str]
 def _save_figure(fig: plt.Figure, path: Path) -> None:
     """Save as PNG through a temporary file, so a reader never sees half a figure."""
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def write_report(repo_path: str | Path = ".", out_dir: str | Path = "reports") -> dict[str, Any]:
@@ -227,8 +224,8 @@ def write_report(repo_path: str | Path = ".", out_dir: str | Path = "reports") -
     if skipped:
         text += f"\nLeft out, no metrics in the workspace or DVC cache: {', '.join(skipped)}\n"
     files = [
-        atomic_write_text(out / "experiments.md", text),
-        atomic_write_text(out / "experiments.csv", table.to_csv(index=False)),
+        write_text(out / "experiments.md", text),
+        write_text(out / "experiments.csv", table.to_csv(index=False)),
         out / FIGURE,
     ]
     return {"rows": table, "skipped": skipped, "files": files, "labels": labels, "markdown": text}

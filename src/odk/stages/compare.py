@@ -14,10 +14,10 @@ from typing import Any
 
 import pandas as pd
 
+from odk.atomic import write_json, write_text
 from odk.config import Config, main_entry
 from odk.errors import OdkError
 from odk.plots import save_curves_png
-from odk.runinfo import atomic_write_json, atomic_write_text
 from odk.stages import KINDS
 
 TABLE_ROWS = {  # row label -> (metrics file prefix, key)
@@ -102,9 +102,9 @@ def compare(cfg: Config) -> dict[str, Any]:
         "validation accuracy",
         "Validation accuracy per epoch",
     )
-    atomic_write_text(Path("metrics/compare.csv"), table.to_csv())
-    atomic_write_text(Path("metrics/compare.md"), text)
-    atomic_write_json(Path("metrics/compare.json"), summary)
+    write_text(Path("metrics/compare.csv"), table.to_csv())
+    write_text(Path("metrics/compare.md"), text)
+    write_json(Path("metrics/compare.json"), summary)
     print(text)
     return summary
 

@@ -17,7 +17,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from odk.atomic import atomic_dir
 from odk.config import Config, main_entry
 from odk.errors import DataError
 
@@ -79,28 +79,6 @@ def download(cfg: Config) -> Path:
     sizes = f"{len(data.train_labels)} train and {len(data.test_labels)} test images"
     print(f"download: {name} ({sizes}, {len(data.classes)} classes) in {raw_dir}")
     return raw_dir
-
-
-@contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `final` that replaces it only if the block succeeds.
-
-    A failed or killed run leaves `final` as it was (or absent), never half-written; a killed
-    run's hidden `.<name>.tmp-*` leftovers are removed by the next run.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-    try:
-        yield tmp
-        old = final.parent / f".{final.name}.tmp-old-{tmp.name[-8:]}"
-        if final.exists():
-            os.rename(final, old)  # moved aside, so that the rename below is a single step
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing left once renamed
 
 
 def fetch(url: str, dest: Path, md5: str) -> Path:

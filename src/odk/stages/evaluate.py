@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
 from torch import nn
 
+from odk.atomic import write_json
 from odk.checkpoint import load_model
 from odk.config import Config
 from odk.data import load_split, normalize, read_manifest
@@ -31,7 +32,7 @@ from odk.plots import (
     save_prediction_grid,
     save_roc_png,
 )
-from odk.runinfo import atomic_write_json, provenance
+from odk.runinfo import provenance
 from odk.stages import KINDS, kind_main
 
 GRID_IMAGES = 40
@@ -129,8 +130,8 @@ def evaluate(cfg: Config, kind: str) -> dict[str, Any]:
         **provenance(cfg.seed, manifest["source_md5"]),
     }
     _write_plots(Path("plots") / kind, kind, images.numpy(), labels, probs, classes)
-    atomic_write_json(Path("metrics") / f"{kind}_per_class.json", per_class)
-    atomic_write_json(Path("metrics") / f"{kind}.json", metrics)
+    write_json(Path("metrics") / f"{kind}_per_class.json", per_class)
+    write_json(Path("metrics") / f"{kind}.json", metrics)
     return metrics
 
 
@@ -144,8 +145,8 @@ def _write_plots(
 ) -> None:
     preds = probs.argmax(1)
     curves = per_class_roc(labels, probs)
-    atomic_write_json(out / "confusion.json", confusion_records(labels, preds, classes))
-    atomic_write_json(out / "roc.json", macro_roc_records(curves))
+    write_json(out / "confusion.json", confusion_records(labels, preds, classes))
+    write_json(out / "roc.json", macro_roc_records(curves))
     save_roc_png(out / "roc_per_class.png", curves, classes, f"{kind}: one-vs-rest ROC")
     n = min(GRID_IMAGES, len(images))
     save_prediction_grid(

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from odk.atomic import atomic_dir
 from odk.config import Config, main_entry
 from odk.errors import DataError
-from odk.stages.download import atomic_dir, read_raw
+from odk.stages.download import read_raw
 
 SPLITS = ("train", "val", "test")
 

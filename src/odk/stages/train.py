@@ -22,12 +22,13 @@ from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from odk.atomic import atomic_dir, atomic_file, write_json
 from odk.checkpoint import atomic_torch_save, save_model
 from odk.config import Config, config_to_dict
 from odk.data import CIFARDataModule, read_manifest
 from odk.errors import OdkError
 from odk.models import count_parameters, parameter_report
-from odk.runinfo import atomic_write_json, provenance
+from odk.runinfo import provenance
 from odk.stages import KINDS, kind_main
 
 STATE_ROOT = Path(".odk_state")
@@ -118,15 +119,6 @@ def _prepare_state(state_dir: Path, fingerprint: str) -> Path | None:
     state_dir.mkdir(parents=True)
     marker.write_text(fingerprint)
     return None
-
-
-def _publish(src: Path, dst: Path) -> None:
-    """Copy a folder into place through a temporary sibling (never half-written)."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
 
 
 def train(cfg: Config, kind: str) -> dict[str, Any]:
@@ -238,12 +230,11 @@ def _write_outputs(
     }
     live_dir = state_dir / "dvclive"
     (live_dir / "parameter_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    _publish(live_dir, Path("plots/train") / kind)
-    model_path = Path("models") / f"{kind}.ckpt"
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(recorder.path, model_path.with_suffix(".ckpt.tmp"))
-    model_path.with_suffix(".ckpt.tmp").replace(model_path)
-    atomic_write_json(Path("metrics") / f"train_{kind}.json", metrics)
+    with atomic_dir(Path("plots/train") / kind) as tmp:
+        shutil.copytree(live_dir, tmp, dirs_exist_ok=True)
+    with atomic_file(Path("models") / f"{kind}.ckpt") as tmp:
+        shutil.copyfile(recorder.path, tmp)
+    write_json(Path("metrics") / f"train_{kind}.json", metrics)
     shutil.rmtree(state_dir, ignore_errors=True)
     return metrics
 
