@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from odk.synthetic import write_cifar_archive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def make_tiny_repo(root: Path, max_epochs: int = 1) -> tuple[Path, dict[str, str
         else:
             shutil.copy2(src, dst)
     archive, md5 = write_cifar_archive(
-        root / "archive", "cifar10", train_per_class=20, test_per_class=10, seed=0
+        root / "archive", "cifar10", train_per_class=10, test_per_class=5, seed=0
     )
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["dataset"].update(url=str(archive), md5=md5)

@@ -8,11 +8,13 @@ with the same settings resumes from its last completed epoch and ends with the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ from odk.runinfo import provenance
 from odk.stages import KINDS, kind_main
 
 STATE_ROOT = Path(".odk_state")
+# The DataModule serves batches from memory; worker processes would only slow it down.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
 def model_arch(cfg: Config, kind: str, num_classes: int) -> dict[str, Any]:
@@ -236,6 +240,8 @@ def _write_outputs(
         shutil.copyfile(recorder.path, tmp)
     write_json(Path("metrics") / f"train_{kind}.json", metrics)
     shutil.rmtree(state_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        STATE_ROOT.rmdir()  # only if no other run's state is left in it
     return metrics
 
 
