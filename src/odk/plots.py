@@ -64,7 +64,7 @@ def save_roc_png(
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
     if len(classes) <= 20:
         ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_prediction_grid(
@@ -98,7 +98,7 @@ def save_prediction_grid(
             for spine in ax.spines.values():
                 spine.set(color="red", linewidth=2.5)
     fig.suptitle(f"{title} (true → predicted; red = misclassified)", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_curves_png(
@@ -111,13 +111,14 @@ def save_curves_png(
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 110) -> None:
+    """Save and close `fig` through a temporary file, so no reader sees half a figure."""
     fig.tight_layout()
     try:
         with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=110)
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)

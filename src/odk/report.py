@@ -18,8 +18,9 @@ matplotlib.use("Agg")  # no display on CI or servers
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from odk.atomic import atomic_file, write_text  # noqa: E402
+from odk.atomic import write_text  # noqa: E402
 from odk.errors import OdkError  # noqa: E402
+from odk.plots import save_figure  # noqa: E402
 
 # column -> dotted key in params.yaml; the settings a point's label may name
 SETTINGS = {
@@ -161,7 +162,7 @@ def plot_accuracy_vs_params(rows: list[dict[str, Any]], path: Path) -> list[str]
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # outside: never on a point
     texts = [a.get_text() for a in ax.texts]
-    _save_figure(fig, path)
+    save_figure(fig, path, dpi=120)
     return texts
 
 
@@ -183,16 +184,6 @@ def _draw_baselines(ax: plt.Axes, rows: list[dict[str, Any]], columns: list[str]
         legend = None
         offset = {"textcoords": "offset points", "xytext": (-8, -14), "ha": "right"}
         ax.annotate(label, (params, acc), fontsize=8, **offset)
-
-
-def _save_figure(fig: plt.Figure, path: Path) -> None:
-    """Save as PNG through a temporary file, so a reader never sees half a figure."""
-    fig.tight_layout()
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
 
 
 def write_report(repo_path: str | Path = ".", out_dir: str | Path = "reports") -> dict[str, Any]:
