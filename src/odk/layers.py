@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-# Blocks up to this size are inverted by LAPACK; larger ones by Schur complements, i.e. GEMMs.
-# That is faster than LAPACK's batched getri on CPU and avoids MKL's batched LU for n >= ~200,
-# which after torch.set_num_threads() returns garbage pivots (pytorch/pytorch#142815).
+# On the CPU, blocks up to this size are inverted by LAPACK and larger ones by Schur
+# complements, i.e. GEMMs. That is faster than LAPACK's batched getri and avoids MKL's batched LU
+# for n >= ~200, which after torch.set_num_threads() returns garbage pivots
+# (pytorch/pytorch#142815). On a GPU one batched LU call is faster: a recursion there is bound by
+# kernel launches (a ResNet-18 step with ODK stages 3 and 4 took twice as long on an H100).
 _LEAF_SIZE = 64
 
 
@@ -48,10 +50,12 @@ def _inverse(m: Tensor) -> Tensor:
     """Batched inverse of ``(k, n, n)`` matrices ``I + A``, ``A`` skew-symmetric; ``m`` is scratch.
 
     Every leading block and Schur complement of such a matrix has a symmetric part ``>= I``, so
-    block elimination needs no pivoting and every inverse met on the way has norm ``<= 1``.
+    block elimination needs no pivoting and every inverse met on the way has norm ``<= 1``. The
+    GEMMs write fresh contiguous tensors: ``out=`` into a quadrant view would make ``bmm`` fall
+    back to one GEMM per matrix.
     """
     n = m.shape[-1]
-    if n <= _LEAF_SIZE:
+    if n <= _LEAF_SIZE or m.device.type != "cpu":
         return torch.linalg.inv_ex(m)[0]  # no error check: such matrices are invertible
     h = n // 2
     a11, a12, a21, a22 = m[:, :h, :h], m[:, :h, h:], m[:, h:, :h], m[:, h:, h:]
@@ -59,12 +63,12 @@ def _inverse(m: Tensor) -> Tensor:
     t = torch.bmm(inv11, a12)  # (k, h, n-h)
     inv22 = _inverse(a22.baddbmm_(a21, t, alpha=-1))  # of the Schur complement, made in place
     u = torch.bmm(a21, inv11)  # (k, n-h, h)
-    zero = m.new_zeros(())
-    out = torch.empty_like(m)  # the GEMMs below write their quadrants in place
+    out = torch.empty_like(m)
+    top_right = torch.bmm(t, inv22).neg_()
+    out[:, :h, h:] = top_right
+    out[:, h:, :h] = torch.bmm(inv22, u).neg_()
+    out[:, :h, :h] = inv11.baddbmm_(top_right, u, alpha=-1)
     out[:, h:, h:] = inv22
-    top_right = torch.baddbmm(zero, t, inv22, beta=0, alpha=-1, out=out[:, :h, h:])
-    torch.baddbmm(zero, inv22, u, beta=0, alpha=-1, out=out[:, h:, :h])
-    torch.baddbmm(inv11, top_right, u, alpha=-1, out=out[:, :h, :h])
     return out
 
 
