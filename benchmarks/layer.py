@@ -13,9 +13,6 @@ memory, as a caching allocator would, so that page faults do not drown the compu
 from __future__ import annotations
 
 import argparse
-import ctypes
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -23,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from odk import ODKConv2d, resnet18
+from timing import cpu_busy_fraction, keep_freed_memory, median_times
 
 
 class ReferenceODKConv2d(nn.Module):
@@ -61,54 +59,6 @@ class ReferenceODKConv2d(nn.Module):
         """``(B, in, H, W)`` -> ``(B, out, H', W')`` through a full-width convolution."""
         layer = self.layer
         return F.conv2d(x, self.dense_weight(), layer.bias, layer.stride, layer.padding)
-
-
-def cpu_busy_fraction(seconds: float = 1.0) -> float | None:
-    """Share of all CPUs busy (with anything) over ``seconds`` before the run; None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            before = [int(v) for v in f.readline().split()[1:]]
-        time.sleep(seconds)
-        with open("/proc/stat") as f:
-            after = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return None
-    delta = [b - a for a, b in zip(before, after, strict=True)]
-    return 1 - (delta[3] + delta[4]) / max(sum(delta), 1)  # idle + iowait
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory (no mmap, no trimming), as jemalloc or tcmalloc do.
-
-    With glibc's defaults each large tensor is a fresh mmap whose pages fault in at first touch:
-    ~450k faults, about a second, in every ResNet-18 step at batch 128, paid by both models and
-    never by a GPU's caching allocator. Returns False where glibc is not the allocator.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-
-
-def median_times(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall-clock seconds of each candidate, after one warm-up each.
-
-    Repeats are interleaved and the order rotates every round (A B C, B C A, C A B, ...), so no
-    candidate always runs right after the same one: a candidate that churns memory would
-    otherwise charge the page faults of a regrown heap to its fixed successor.
-    """
-    names = list(candidates)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for fn in candidates.values():
-        fn()
-    for i in range(repeats):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            start = time.perf_counter()
-            candidates[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def layer_case(num_matrices: int | str, batch: int) -> dict[str, Callable[[], object]]:
