@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/layer.py
+	$(BIN)/python benchmarks/step.py
 	$(BIN)/python benchmarks/data.py
 
 clean-venv:

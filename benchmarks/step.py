@@ -13,7 +13,7 @@ fp32 unless `--precision` asks for more. CUDA also gets the inference throughput
 loading, augmentation and Lightning's own overhead are not in it.
 
     python benchmarks/step.py                     # CUDA if there is one, else the CPU
-    python benchmarks/step.py --device cpu        # the CPU, fp32 (~2 minutes on 2 CPU cores)
+    python benchmarks/step.py --device cpu        # the CPU, fp32 (about a minute on 2 CPU cores)
     python benchmarks/step.py --precision both    # fp32 and bf16 autocast, on any device
     python benchmarks/step.py --quick             # a smoke run: few steps (batch 16 on the CPU)
 """
