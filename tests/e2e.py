@@ -64,7 +64,9 @@ def test_env(repo: Path) -> dict[str, str]:
     }
 
 
-def make_tiny_repo(root: Path, max_epochs: int = 1) -> tuple[Path, dict[str, str]]:
+def make_tiny_repo(
+    root: Path, max_epochs: int = 1, seeds: tuple[int, ...] = (0, 1)
+) -> tuple[Path, dict[str, str]]:
     """Copy the repo to `root/repo`, point it at a tiny archive and commit; no repro yet."""
     repo = root / "repo"
     for rel in COPIED:
@@ -81,6 +83,7 @@ def make_tiny_repo(root: Path, max_epochs: int = 1) -> tuple[Path, dict[str, str
     params["dataset"].update(url=str(archive), md5=md5)
     params["data_module"].update(batch_size=32, num_workers=0)
     params["max_epochs"] = max_epochs
+    params["seeds"] = list(seeds)
     params["trainer"].update(accelerator="cpu", devices=1)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = test_env(repo)
@@ -104,7 +107,7 @@ def copy_repo(src: Path, root: Path) -> tuple[Path, dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def reproduced_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny copy of the repo after a full `dvc repro`, with the results committed."""
+    """A tiny copy of the repo after a full `dvc repro` (seeds 0 and 1), results committed."""
     repo, env = make_tiny_repo(tmp_path_factory.mktemp("reproduced"))
     dvc("repro", cwd=repo, env=env)
     commit(repo, env, "tiny run")

@@ -78,6 +78,8 @@ def test_good_overrides_are_applied_with_their_types():
         ("trainer.accelerator", "gpu"),
         ("data_module.num_workers", 0),
         ("seed", 0),
+        ("seeds", [0, 1, 2]),
+        ("seeds", [7]),
     ],
 )
 def test_good_values_are_allowed(key, value):
@@ -99,6 +101,8 @@ def test_num_matrices_above_a_layers_maximum_is_allowed_for_sweeps(stages):
         ("data_module.valid_size=0", "valid_size=0.0 is not allowed; allowed: a number in (0, 1)"),
         ("baseline_name=vgg", "baseline_name=vgg is not allowed; allowed: resnet18, Resnet-18"),
         ("seed=true", "seed=true is not allowed; allowed: an integer"),
+        ("seeds=3", "seeds=3 is not allowed; allowed: a list of integers"),
+        ("seeds=[0,x]", "allowed: a list of integers"),
         ("seed=null", "seed=null is not allowed; allowed: an integer"),
         ("data_module.batch_size=abc", "batch_size=abc is not allowed; allowed: an integer"),
         ("data_module.batch_size=1.5", "data_module.batch_size=1.5 is not allowed"),
@@ -108,7 +112,7 @@ def test_num_matrices_above_a_layers_maximum_is_allowed_for_sweeps(stages):
         ("model.odk_layers=3", "model.odk_layers=3 is not allowed; allowed: a list of integers"),
         ("model.odk_layers=[true]", "allowed: a list of integers"),
         ("dataset.url=''", 'dataset.url="" is not allowed'),
-        ("+foo=1", "foo is not a setting; allowed at the top level: seed, dataset, data_module"),
+        ("+foo=1", "foo is not a setting; allowed at the top level: seed, seeds, dataset"),
         ("foo=1", "foo is not a setting; allowed at the top level"),
         ("data_module.foo=1", "data_module.foo is not a setting; allowed in data_module: data_dir"),
         ("+model.depth=3", "model.depth is not a setting; allowed in model: odk_layers"),
@@ -132,6 +136,9 @@ def test_bad_override_stops_with_one_line(override, expected):
     [
         ("seed", -1, "seed=-1 is not allowed; allowed: an integer in [0, 2**32)"),
         ("seed", 2**32, "allowed: an integer in [0, 2**32)"),
+        ("seeds", [], "seeds=[] is not allowed; allowed: a non-empty list of distinct integers"),
+        ("seeds", [1, 1], "seeds=[1,1] is not allowed; allowed: a non-empty list of distinct"),
+        ("seeds", [-1], "seeds=[-1] is not allowed; allowed: a non-empty list of distinct"),
         ("dataset.name", "mnist", "dataset.name=mnist is not allowed; allowed: cifar10, cifar100"),
         ("dataset.url", "http://a.org/c.tar.gz", "allowed: an https:// URL, a file:// URL or a"),
         ("dataset.url", "ftp://a.org/c.tar.gz", "dataset.url=ftp://a.org/c.tar.gz is not allowed"),

@@ -1,8 +1,8 @@
 """End-to-end: the real `dvc repro` and `dvc exp run` on a tiny synthetic CIFAR-10 archive.
 
 The repository is copied into a temporary git repo, `params.yaml` is pointed at an archive
-written by `odk.synthetic` and shrunk to one short epoch, and the whole pipeline runs as a
-user would run it. Slow (about a minute on 2 CPU cores), so it is marked `slow`.
+written by `odk.synthetic`, shrunk to one short epoch and two training seeds, and the whole
+pipeline runs as a user would run it. Slow (minutes on 2 CPU cores), so it is marked `slow`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from e2e import copy_repo, dvc
 
 pytestmark = pytest.mark.slow
+KINDS = ("baseline", "odk", "matched")
+SEEDS = (0, 1)
+MODEL_KEYS = {
+    "test_accuracy",
+    "test_accuracy_std",
+    "test_roc_auc",
+    "test_f1_macro",
+    "test_loss",
+    "trainable_params",
+    "model_file_bytes",
+    "inference_images_per_s",
+    "best_val_acc",
+    "training_time_s",
+    "n_seeds",
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,57 +43,84 @@ def load(repo: Path, rel: str) -> dict:
     return json.loads((repo / rel).read_text())
 
 
-def test_repro_writes_every_contract_key(pipeline_repo):
+def test_every_model_runs_once_per_seed(pipeline_repo):
     repo, _ = pipeline_repo
-    for kind in ("baseline", "odk"):
+    for kind in KINDS:
+        for seed in SEEDS:
+            assert (repo / f"models/{kind}/seed{seed}.ckpt").stat().st_size > 0
+            record = f"metrics/runs/{kind}/seed{seed}"
+            train, test = load(repo, f"{record}/train.json"), load(repo, f"{record}/test.json")
+            assert (train["seed"], test["seed"], test["split_seed"]) == (seed, seed, 42)
+            assert len(test["dataset_md5"]) == 32 and "torch" in test["versions"]
+            assert train["training_time_s"] > 0 and train["best_epoch"] == 0
+            per_class = load(repo, f"{record}/per_class.json")
+            assert len(per_class) == 10 and {"precision", "recall", "f1"} <= set(per_class["cat"])
+            predictions = np.load(repo / record / "predictions.npy")
+            assert predictions.shape == (50, 2)  # 5 test images per class
+            assert np.mean(predictions[:, 0] == predictions[:, 1]) == test["test_accuracy"]
+    # the seeds really differ: different initial weights give different models
+    a, b = (repo / f"models/baseline/seed{s}.ckpt" for s in SEEDS)
+    assert a.read_bytes() != b.read_bytes()
+
+
+def test_model_metrics_are_means_over_seeds(pipeline_repo):
+    repo, _ = pipeline_repo
+    for kind in KINDS:
         metrics = load(repo, f"metrics/{kind}.json")
-        for key in (
-            "test_accuracy",
-            "test_roc_auc",
-            "trainable_params",
-            "test_f1_macro",
-            "test_loss",
-            "inference_images_per_s",
-            "model_file_bytes",
-            "seed",
-            "dataset_md5",
-            "versions",
-        ):
-            assert key in metrics, (kind, key)
-        assert 0.0 <= metrics["test_accuracy"] <= 1.0
-        assert 0.0 <= metrics["test_roc_auc"] <= 1.0
-        per_class = load(repo, f"metrics/{kind}_per_class.json")
-        assert len(per_class) == 10 and {"precision", "recall", "f1"} <= set(per_class["cat"])
-        train = load(repo, f"metrics/train_{kind}.json")
-        assert train["training_time_s"] > 0 and train["best_epoch"] == 0
+        assert set(metrics) >= MODEL_KEYS, kind
+        accs = [
+            load(repo, f"metrics/runs/{kind}/seed{s}/test.json")["test_accuracy"] for s in SEEDS
+        ]
+        assert metrics["test_accuracy"] == pytest.approx(np.mean(accs), abs=1e-6)
+        assert metrics["test_accuracy_std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
+        assert metrics["n_seeds"] == 2 and "versions" not in metrics  # provenance: in the runs
     assert load(repo, "metrics/baseline.json")["trainable_params"] == 11_173_962
+    odk, matched = load(repo, "metrics/odk.json"), load(repo, "metrics/matched.json")
+    assert 0 < odk["orthogonality_error"] < 1e-5
+    assert matched["stage_widths"] == [64, 128, 69, 138]
+    assert abs(matched["trainable_params"] / odk["trainable_params"] - 1) <= 0.02
+
+
+def test_compare_gives_the_verdict_with_its_interval(pipeline_repo):
+    repo, _ = pipeline_repo
     compare = load(repo, "metrics/compare.json")
-    assert {"accuracy_delta", "roc_auc_delta", "params_ratio", "within_tolerance"} <= set(compare)
     base, odk = load(repo, "metrics/baseline.json"), load(repo, "metrics/odk.json")
-    assert compare["accuracy_delta"] == pytest.approx(odk["test_accuracy"] - base["test_accuracy"])
-    assert compare["params_ratio"] == pytest.approx(
-        odk["trainable_params"] / base["trainable_params"], rel=1e-5
-    )
-    assert compare["params_ratio"] < 0.5
-    assert (repo / "metrics/compare.md").read_text().startswith("# ODK vs baseline")
+    assert compare["seeds"] == list(SEEDS) and compare["n_seeds"] == 2
+    delta = odk["test_accuracy"] - base["test_accuracy"]
+    assert compare["accuracy_delta"] == pytest.approx(delta, abs=1e-5)
+    low, high = compare["accuracy_delta_ci95"]
+    assert low <= compare["accuracy_delta"] <= high
+    assert "t-interval over 2 seeds" in compare["ci_method"]
+    margin = -compare["max_accuracy_drop"]
+    expected = "non-inferior" if low > margin else "inferior" if high < margin else "inconclusive"
+    assert compare["verdict"] == expected
+    low, high = compare["matched_accuracy_delta_ci95"]
+    assert low <= compare["matched_accuracy_delta"] <= high
+    assert compare["params_ratio"] < 0.5 and 0.98 <= compare["matched_params_ratio"] <= 1.02
+    text = (repo / "metrics/compare.md").read_text()
+    assert f"**{compare['verdict']}.** With 2 training seeds, ODK's test accuracy" in text
     assert "test accuracy" in (repo / "metrics/compare.csv").read_text()
 
 
 def test_repro_writes_every_plot(pipeline_repo):
     repo, env = pipeline_repo
-    for kind in ("baseline", "odk"):
-        for rel in ("confusion.json", "roc.json", "roc_per_class.png", "predictions.png"):
-            assert (repo / "plots" / kind / rel).stat().st_size > 0
-        curve = repo / f"plots/train/{kind}/plots/metrics/val/acc.tsv"
-        assert curve.read_text().splitlines()[0].split("\t")[-1] == "acc"
-    assert (repo / "plots/compare/val_accuracy.png").stat().st_size > 0
+    for kind in KINDS:
+        for seed in SEEDS:
+            for name in ("roc_per_class.png", "predictions.png"):
+                assert (repo / f"plots/eval/{kind}/seed{seed}/{name}").stat().st_size > 0
+            curve = repo / f"plots/train/{kind}/seed{seed}/plots/metrics/val/acc.tsv"
+            lines = curve.read_text().splitlines()
+            assert lines[0] == "step\tacc" and [x.split("\t")[0] for x in lines[1:]] == ["1"]
+    curve = load(repo, "plots/compare/val_acc.json")
+    assert [r["epoch"] for r in curve] == [1] and set(curve[0]) == {"epoch", *KINDS}
+    assert len(load(repo, "plots/compare/confusion_odk.json")) == 2 * 50  # pooled over seeds
     out = dvc("plots", "show", "--json", cwd=repo, env=env).stdout
     rendered = json.loads(out)["data"]
     assert {
-        "Confusion matrix, ODK",
-        "ROC curve, macro average of one-vs-rest",
-        "Validation accuracy per step",
-        "plots/odk/predictions.png",
+        "Confusion matrix, ODK (all seeds)",
+        "ROC curve, macro average of one-vs-rest (mean over seeds)",
+        "Validation accuracy per epoch (mean over seeds)",
+        "plots/eval/odk/seed1/predictions.png",
     } <= set(rendered)
     assert "errors" not in json.dumps(rendered)
 
@@ -85,22 +128,35 @@ def test_repro_writes_every_plot(pipeline_repo):
 def test_metrics_show_and_repro_is_a_noop(pipeline_repo):
     repo, env = pipeline_repo
     shown = dvc("metrics", "show", "--json", cwd=repo, env=env).stdout
-    assert "test_roc_auc" in shown and "within_tolerance" in shown
+    assert "test_roc_auc" in shown and "verdict" in shown and "stage_widths" in shown
     status = dvc("status", cwd=repo, env=env).stdout
     assert "up to date" in status, status
 
 
-def test_exp_run_retrains_only_odk_and_metrics_diff_shows_it(pipeline_repo):
+def test_r_variant_retrains_odk_and_control_and_reuses_every_baseline_run(pipeline_repo):
     repo, env = pipeline_repo
     proc = dvc("exp", "run", "-S", "model.r=2", cwd=repo, env=env)
     log = proc.stdout + proc.stderr
-    assert "Running stage 'train_odk'" in log
-    assert "Running stage 'train_baseline'" not in log
-    assert "Running stage 'evaluate@baseline'" not in log
+    for seed in SEEDS:
+        assert f"Running stage 'train_odk@{seed}'" in log
+        assert f"Running stage 'train_matched@{seed}'" in log  # re-matched to the new count
+        assert f"Running stage 'train_baseline@{seed}'" not in log
+        assert f"Running stage 'evaluate@baseline-{seed}'" not in log
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo, env=env).stdout)
-    assert "trainable_params" in diff["metrics/odk.json"]
     change = diff["metrics/odk.json"]["trainable_params"]
     assert change["new"] < change["old"]  # r=2 halves the orthogonal blocks' free entries
     assert (
         "metrics/baseline.json" not in diff or "test_accuracy" not in diff["metrics/baseline.json"]
     )
+    matched = load(repo, "metrics/matched.json")
+    assert abs(matched["trainable_params"] / change["new"] - 1) <= 0.02
+
+
+def test_a_third_seed_trains_only_the_new_runs(pipeline_repo):
+    repo, env = pipeline_repo
+    proc = dvc("exp", "run", "-S", "seeds=[0,1,2]", "-S", "model.r=1", cwd=repo, env=env)
+    log = proc.stdout + proc.stderr
+    for kind in KINDS:
+        assert f"Running stage 'train_{kind}@2'" in log
+        assert f"Running stage 'train_{kind}@0'" not in log  # from the run cache
+    assert load(repo, "metrics/compare.json")["n_seeds"] == 3

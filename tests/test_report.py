@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from odk.cli import main
-from odk.report import differing_settings, point_label, write_report
+from odk.report import columns_for, differing_settings, point_label, write_report
 
 PARAMS = """\
+seeds: [0]
+max_epochs: 20
 data_module:
   subset_fraction: 1.0
 model:
@@ -28,23 +30,33 @@ compare:
   max_accuracy_drop: 0.03
 """
 
-# accuracy falls by 0.01 per unit of r; the ODK model has 1e6 / r parameters
+# Per seed s: the baseline scores 0.9 * subset_fraction + 0.002 s, ODK 0.01 r less and the
+# control 0.02 less; ODK has 1e6 / r parameters. The fake CI is the delta +- 0.01.
 FAKE_STAGE = """\
-import json, pathlib, yaml
+import json, pathlib, statistics, yaml
 p = yaml.safe_load(open("params.yaml"))
-r, tol = p["model"]["r"], p["compare"]["max_accuracy_drop"]
-base = {"test_accuracy": 0.9 * p["data_module"]["subset_fraction"], "test_roc_auc": 0.99,
-        "trainable_params": 11173962, "model_file_bytes": 44_000_000}
-odk = {"test_accuracy": base["test_accuracy"] - 0.01 * r, "test_roc_auc": 0.98,
-       "trainable_params": 1_000_000 // r, "model_file_bytes": 4_000_000 // r}
-delta = odk["test_accuracy"] - base["test_accuracy"]
-compare = {"accuracy_delta": delta, "roc_auc_delta": -0.01,
-           "params_ratio": odk["trainable_params"] / base["trainable_params"],
-           "within_tolerance": delta >= -tol, "max_accuracy_drop": tol,
-           "model_file_ratio": odk["model_file_bytes"] / base["model_file_bytes"]}
+r, tol, seeds = p["model"]["r"], p["compare"]["max_accuracy_drop"], p["seeds"]
+base = [0.9 * p["data_module"]["subset_fraction"] + 0.002 * s for s in seeds]
+accs = {"baseline": base, "odk": [b - 0.01 * r for b in base], "matched": [b - 0.02 for b in base]}
+params = {"baseline": 11173962, "odk": 1_000_000 // r, "matched": 1_000_000 // r + 10}
+def model(kind):
+    a = accs[kind]
+    return {"test_accuracy": statistics.mean(a), "n_seeds": len(a),
+            "test_accuracy_std": statistics.stdev(a) if len(a) > 1 else 0.0,
+            "trainable_params": params[kind], "model_file_bytes": 4 * params[kind]}
+deltas = [o - b for o, b in zip(accs["odk"], base)]
+mdeltas = [o - m for o, m in zip(accs["odk"], accs["matched"])]
+delta, mdelta = statistics.mean(deltas), statistics.mean(mdeltas)
+compare = {"accuracy_delta": delta, "roc_auc_delta": -0.01, "seeds": seeds, "n_seeds": len(seeds),
+           "accuracy_deltas": deltas, "accuracy_delta_ci95": [delta - 0.01, delta + 0.01],
+           "matched_accuracy_delta": mdelta, "matched_accuracy_deltas": mdeltas,
+           "matched_accuracy_delta_ci95": [mdelta - 0.01, mdelta + 0.01],
+           "params_ratio": params["odk"] / params["baseline"],
+           "within_tolerance": delta >= -tol, "max_accuracy_drop": tol}
 pathlib.Path("metrics").mkdir(exist_ok=True)
-for name, data in (("baseline", base), ("odk", odk), ("compare", compare)):
-    pathlib.Path(f"metrics/{name}.json").write_text(json.dumps(data))
+for name in ("baseline", "odk", "matched"):
+    pathlib.Path(f"metrics/{name}.json").write_text(json.dumps(model(name)))
+pathlib.Path("metrics/compare.json").write_text(json.dumps(compare))
 """
 
 DVC_YAML = """\
@@ -52,10 +64,11 @@ stages:
   fake:
     cmd: {python} fake_stage.py
     deps: [fake_stage.py]
-    params: [model, data_module, compare]
+    params: [seeds, max_epochs, model, data_module, compare]
     metrics:
       - metrics/baseline.json
       - metrics/odk.json
+      - metrics/matched.json
       - metrics/compare.json
 """
 
@@ -88,14 +101,21 @@ def _init_repo(repo: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def exp_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A commit with results (r=1) and two experiments: r=2, and r=4 on half the data."""
+    """A commit with results (r=1) and experiments: r=2 with seed 0, r=2 with seeds 1 and 2
+    (replicates of one setting), r=4 on half the data, and r=1 trained for 40 epochs."""
     repo = _init_repo(tmp_path_factory.mktemp("report") / "repo")
     _run(repo, "repro", "-q")
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "commit", "-q", "-m", "results for r=1")
-    _run(repo, "exp", "run", "-q", "-n", "r2", "-S", "model.r=2")
-    half = ["-S", "model.r=4", "-S", "data_module.subset_fraction=0.5"]  # the baseline moves too
-    _run(repo, "exp", "run", "-q", "-n", "r4-half", *half)
+    # `dvc exp run -S` leaves its settings in the workspace: each run sets all it changes
+    for name, settings in (
+        ("r2", ["model.r=2"]),
+        ("r2-more", ["model.r=2", "seeds=[1,2]"]),
+        ("r5-half", ["model.r=5", "data_module.subset_fraction=0.5"]),  # the baseline moves too
+        ("long", ["max_epochs=40"]),
+    ):
+        _run(repo, "git", "checkout", "-q", "--", "params.yaml")
+        _run(repo, "exp", "run", "-q", "-n", name, *[a for s in settings for a in ("-S", s)])
     return repo
 
 
@@ -104,26 +124,49 @@ def _read_csv(path: Path) -> dict[str, dict[str, str]]:
         return {row["experiment"]: row for row in csv.DictReader(handle)}
 
 
-def test_report_has_one_row_per_experiment(exp_repo: Path, tmp_path: Path) -> None:
+def test_report_has_one_row_per_setting(exp_repo: Path, tmp_path: Path) -> None:
     assert main(["report", "--repo", str(exp_repo), "-o", str(tmp_path / "out")]) == 0
     rows = _read_csv(tmp_path / "out" / "experiments.csv")
     # the workspace repeats the last experiment; the first commit has no metrics
-    assert set(rows) == {"main", "r2", "r4-half"}
-    assert {name: rows[name]["r"] for name in rows} == {"main": "1", "r2": "2", "r4-half": "4"}
-    assert float(rows["r2"]["odk_accuracy"]) == pytest.approx(0.88)
-    assert float(rows["r2"]["accuracy_delta"]) == pytest.approx(-0.02)
-    assert int(rows["r2"]["odk_params"]) == 500_000
-    assert int(rows["main"]["baseline_params"]) == 11173962
-    assert rows["r4-half"]["within_tolerance"] == "False"
-    assert rows["r2"]["within_tolerance"] == "True"
-    assert rows["r2"]["type"] == "experiment" and rows["main"]["type"] == "commit"
+    assert set(rows) == {"main", "r2, r2-more", "r5-half", "long"}
+    assert {n: rows[n]["r"] for n in rows} == {
+        "main": "1",
+        "r2, r2-more": "2",
+        "r5-half": "5",
+        "long": "1",
+    }
+    assert rows["long"]["max_epochs"] == "40" and rows["main"]["max_epochs"] == "20"
+    main_row = rows["main"]
+    assert float(main_row["odk_accuracy"]) == pytest.approx(0.89)
+    assert float(main_row["delta"]) == pytest.approx(-0.01)
+    assert (float(main_row["ci95_low"]), float(main_row["ci95_high"])) == pytest.approx(
+        (-0.02, 0.0)
+    )
+    assert main_row["verdict"] == "non-inferior" and main_row["n_seeds"] == "1"
+    assert float(main_row["matched_delta"]) == pytest.approx(0.01)
+    assert int(main_row["odk_params"]) == 1_000_000 and int(main_row["matched_params"]) == 1_000_010
+    assert int(main_row["baseline_params"]) == 11173962
+    assert rows["r5-half"]["verdict"] == "inferior"  # -0.05 +- 0.01 is below -0.03
+    assert main_row["type"] == "commit" and rows["long"]["type"] == "experiment"
+
+
+def test_replicates_are_pooled_over_their_seeds(exp_repo: Path, tmp_path: Path) -> None:
+    write_report(exp_repo, tmp_path)
+    row = _read_csv(tmp_path / "experiments.csv")["r2, r2-more"]
+    assert row["seeds"] == "0,1,2" and row["n_seeds"] == "3"
+    assert float(row["baseline_accuracy"]) == pytest.approx(0.902)  # 0.900, 0.902, 0.904
+    assert float(row["baseline_std"]) == pytest.approx(0.002)
+    assert float(row["delta"]) == pytest.approx(-0.02)
+    # every seed's delta is -0.02: a t-interval over the three seeds has zero width
+    assert float(row["ci95_low"]) == pytest.approx(-0.02) == float(row["ci95_high"])
+    assert row["verdict"] == "non-inferior"
 
 
 def test_report_writes_markdown_and_png(exp_repo: Path, tmp_path: Path) -> None:
     assert main(["report", "--repo", str(exp_repo), "-o", str(tmp_path)]) == 0
     text = (tmp_path / "experiments.md").read_text()
-    assert "settings that differ: r, subset_fraction." in text
-    assert "| r4-half " in text and "![test accuracy vs trainable parameters]" in text
+    assert "settings that differ: r, subset_fraction, max_epochs." in text
+    assert "| r5-half " in text and "![test accuracy vs trainable parameters]" in text
     assert "Left out, no metrics in the workspace or DVC cache: " in text  # the first commit
     png = (tmp_path / "accuracy_vs_params.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
@@ -133,12 +176,14 @@ def test_points_and_baselines_carry_their_differing_settings(
     exp_repo: Path, tmp_path: Path
 ) -> None:
     labels = write_report(exp_repo, tmp_path)["labels"]
+    # main and long share their (fake) accuracies, so their points share one annotation
     assert sorted(labels) == [
-        "baseline subset_fraction=0.5",
-        "baseline subset_fraction=1.0",
-        "r=1, subset_fraction=1.0",
-        "r=2, subset_fraction=1.0",
-        "r=4, subset_fraction=0.5",
+        "baseline subset_fraction=0.5, max_epochs=20",
+        "baseline subset_fraction=1.0, max_epochs=20",  # r2's pooled seeds: another baseline
+        "baseline subset_fraction=1.0, max_epochs=40",
+        "r=1, subset_fraction=1.0, max_epochs=40; r=1, subset_fraction=1.0, max_epochs=20",
+        "r=2, subset_fraction=1.0, max_epochs=20",
+        "r=5, subset_fraction=0.5, max_epochs=20",
     ]
 
 
@@ -147,29 +192,22 @@ def test_report_prints_a_summary(
 ) -> None:
     assert main(["report", "--repo", str(exp_repo), "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "r4-half" in out and str(tmp_path / "experiments.csv") in out
+    assert "r5-half" in out and "inferior" in out and str(tmp_path / "experiments.csv") in out
 
 
-@pytest.mark.parametrize(
-    ("values", "differing", "label"),
-    [
-        ({"r": [1, 2]}, ["r"], "r=1"),
-        ({"r": [1, 1]}, [], "exp0"),
-        (
-            {"r": [1, 2], "subset_fraction": [1.0, 0.5]},
-            ["r", "subset_fraction"],
-            "r=1, subset_fraction=1.0",
-        ),
-        ({"odk_layers": ["[3, 4]", "[4]"]}, ["odk_layers"], "odk_layers=[3, 4]"),
-    ],
-)
-def test_points_are_labelled_by_the_settings_that_differ(
-    values: dict[str, list], differing: list[str], label: str
-) -> None:
-    base = {"r": 1, "num_matrices": 1, "odk_layers": "[3, 4]", "subset_fraction": 1.0}
-    rows = [base | {"experiment": f"exp{i}"} | {k: v[i] for k, v in values.items()} for i in (0, 1)]
-    assert differing_settings(rows) == differing
-    assert point_label(rows[0], differing) == label
+def test_labels_name_every_setting_that_differs() -> None:
+    base = {"seeds": "[0]", "model.r": 1, "max_epochs": 10, "dataset.name": "cifar10"}
+    experiments = [
+        {"params": base},
+        {"params": base | {"max_epochs": 20, "seeds": "[1]"}},
+        {"params": base | {"model.r": 2}},
+    ]
+    assert differing_settings(experiments) == ["max_epochs", "model.r"]  # not seeds
+    columns = list(columns_for(experiments))
+    assert columns == ["r", "num_matrices", "odk_layers", "subset_fraction", "max_epochs"]
+    row = {"experiment": "x", "r": 2, "max_epochs": 10}
+    assert point_label(row, ["r", "max_epochs"]) == "r=2, max_epochs=10"
+    assert point_label(row, []) == "x"
 
 
 def test_report_without_metrics_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,7 @@ TIMING = {"training_time_s"}
 @pytest.fixture(scope="module")
 def split_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny repo with two epochs configured and the data stages already run."""
-    repo, env = make_tiny_repo(tmp_path_factory.mktemp("split"), max_epochs=2)
+    repo, env = make_tiny_repo(tmp_path_factory.mktemp("split"), max_epochs=2, seeds=(42,))
     dvc("repro", "split", cwd=repo, env=env)
     return repo
 
@@ -39,12 +39,12 @@ def reference(split_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def _metrics(repo: Path) -> dict:
-    data = json.loads((repo / "metrics/train_odk.json").read_text())
+    data = json.loads((repo / "metrics/runs/odk/seed42/train.json").read_text())
     return {k: v for k, v in data.items() if k not in TIMING}
 
 
 def _weights(repo: Path) -> dict[str, torch.Tensor]:
-    return torch.load(repo / "models/odk.ckpt", weights_only=True)["state_dict"]
+    return torch.load(repo / "models/odk/seed42.ckpt", weights_only=True)["state_dict"]
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -59,7 +59,9 @@ def test_rerun_is_bit_identical(split_repo: Path, reference: Path, tmp_path: Pat
     repo, env = copy_repo(split_repo, tmp_path)
     run([sys.executable, "-m", "odk.stages.train", "odk"], repo, env)
     _assert_same_run(reference, repo)
-    assert _metrics(repo)["seed"] == 42 and len(_metrics(repo)["dataset_md5"]) == 32
+    assert (_metrics(repo)["seed"], _metrics(repo)["split_seed"]) == (42, 42) and len(
+        _metrics(repo)["dataset_md5"]
+    ) == 32
     assert "torch" in _metrics(repo)["versions"]
 
 
@@ -68,7 +70,7 @@ def test_killed_run_resumes_from_last_epoch(
     split_repo: Path, reference: Path, tmp_path: Path, sig: signal.Signals
 ):
     repo, env = copy_repo(split_repo, tmp_path)
-    last = repo / ".odk_state/train_odk/last.ckpt"
+    last = repo / ".odk_state/train_odk_seed42/last.ckpt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "odk.stages.train", "odk"],
         cwd=repo,
@@ -84,21 +86,21 @@ def test_killed_run_resumes_from_last_epoch(
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0, err[-2000:]
-    assert not (repo / "models/odk.ckpt").exists()  # nothing half-done published
-    assert not (repo / "metrics/train_odk.json").exists()
+    assert not (repo / "models/odk/seed42.ckpt").exists()  # nothing half-done published
+    assert not (repo / "metrics/runs/odk/seed42/train.json").exists()
 
     resumed = run([sys.executable, "-m", "odk.stages.train", "odk"], repo, env)
-    assert "Resuming odk training from" in resumed.stderr
+    assert "Resuming odk/seed42 training from" in resumed.stderr
     _assert_same_run(reference, repo)
-    assert not (repo / ".odk_state/train_odk").exists()  # state cleared once published
+    assert not (repo / ".odk_state/train_odk_seed42").exists()  # state cleared once published
 
 
 def test_changed_settings_do_not_resume_a_stale_run(split_repo: Path, tmp_path: Path):
     repo, env = copy_repo(split_repo, tmp_path)
-    state = repo / ".odk_state/train_odk"
+    state = repo / ".odk_state/train_odk_seed42"
     state.mkdir(parents=True)
     (state / "fingerprint").write_text("settings of another run")
     (state / "last.ckpt").write_bytes(b"not a checkpoint")
     out = run([sys.executable, "-m", "odk.stages.train", "odk", "max_epochs=1"], repo, env)
     assert "Resuming" not in out.stderr
-    assert json.loads((repo / "metrics/train_odk.json").read_text())["epochs"] == 1
+    assert json.loads((repo / "metrics/runs/odk/seed42/train.json").read_text())["epochs"] == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,19 +40,25 @@ def test_bad_variant_fails_fast_with_one_line(
     assert not list(repo.glob(".odk_state/train_*"))  # no training began
 
 
-def _strip(obj: dict) -> dict:
+def _strip(obj: Any) -> Any:
+    if not isinstance(obj, dict):
+        return obj
     return {k: v for k, v in obj.items() if k not in NOT_REPRODUCIBLE}
 
 
 def test_forced_rerun_reproduces_every_metric(reproduced_repo: Path, tmp_path: Path):
     repo, env = copy_repo(reproduced_repo, tmp_path)
-    stages = ("train_baseline", "train_odk", "evaluate@baseline", "evaluate@odk", "compare")
+    kinds, seeds = ("baseline", "odk", "matched"), (0, 1)
+    stages = [f"train_{kind}@{seed}" for kind in kinds for seed in seeds]
+    stages += [f"evaluate@{kind}-{seed}" for kind in kinds for seed in seeds] + ["compare"]
     dvc("repro", "--force", "--single-item", *stages, cwd=repo, env=env)
-    files = sorted((reproduced_repo / "metrics").glob("*.json"))
-    assert len(files) >= 7
+    files = sorted((reproduced_repo / "metrics").rglob("*.json"))
+    assert len(files) >= 4 + 3 * 2 * 4  # 4 metrics files, 4 records per run
     for before in files:
-        after = repo / "metrics" / before.name
+        after = repo / before.relative_to(reproduced_repo)
         assert _strip(json.loads(before.read_text())) == _strip(json.loads(after.read_text()))
+    for before in (reproduced_repo / "metrics/runs").rglob("predictions.npy"):
+        assert before.read_bytes() == (repo / before.relative_to(reproduced_repo)).read_bytes()
 
 
 def test_queued_grid_runs_good_variants_despite_a_bad_one(reproduced_repo: Path, tmp_path: Path):

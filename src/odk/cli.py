@@ -149,8 +149,11 @@ def _report(args: argparse.Namespace) -> int:
 
     result = write_report(args.repo, args.output_dir)
     table = result["rows"]
-    columns = ["experiment", "r", "num_matrices", "odk_layers", "subset_fraction"]
-    columns += ["odk_accuracy", "accuracy_delta", "params_ratio", "within_tolerance"]
+    settings = list(
+        table.columns[table.columns.get_loc("created") + 1 : table.columns.get_loc("seeds")]
+    )
+    columns = ["experiment", *settings, "n_seeds", "odk_accuracy", "delta"]
+    columns += ["ci95_low", "ci95_high", "verdict", "matched_delta", "params_ratio"]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {', '.join(str(f) for f in result['files'])}")
     if result["skipped"]:

@@ -87,6 +87,7 @@ class Config:
     """Every setting of params.yaml; the defaults are params.yaml's."""
 
     seed: int = 42
+    seeds: list[int] = field(default_factory=lambda: [42])
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     data_module: DataModuleConfig = field(default_factory=DataModuleConfig)
     learning_rate: float = 0.001
@@ -110,6 +111,10 @@ def _is_devices(d: Any) -> bool:
     return d >= 1 or d == -1
 
 
+def _is_seeds(v: list[int]) -> bool:
+    return v != [] and len(set(v)) == len(v) and all(0 <= s < 2**32 for s in v)
+
+
 def _is_limit(v: float) -> bool:
     return (isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)
 
@@ -122,6 +127,7 @@ _STRATEGY = "auto, ddp, ddp_spawn, fsdp, deepspeed, ... (a Lightning strategy na
 _LIMIT = "a fraction in (0, 1.0] or a number of batches >= 1"
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    ("seeds", _is_seeds, "a non-empty list of distinct integers in [0, 2**32)"),
     ("dataset.name", lambda v: v in DATASETS, ", ".join(DATASETS)),
     ("dataset.url", _is_url, "an https:// URL, a file:// URL or a local path"),
     ("dataset.md5", lambda v: re.fullmatch(r"[0-9a-fA-F]{32}", v) is not None, "32 hex digits"),

@@ -84,12 +84,13 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A CIFAR ResNet of ``BasicBlock`` stages with widths 64/128/256/512.
+    """A CIFAR ResNet of four ``BasicBlock`` stages, widths 64/128/256/512 by default.
 
     Args:
         layers: Number of blocks in each of the four stages.
         num_classes: Size of the linear head's output.
         conv_layers: The ``conv_layer`` of each stage's 3x3 convs.
+        widths: Output channels of each stage (thinner for the parameter-matched control).
     """
 
     def __init__(
@@ -97,19 +98,20 @@ class ResNet(nn.Module):
         layers: Sequence[int],
         num_classes: int = 10,
         conv_layers: Sequence[ConvLayer] = (nn.Conv2d,) * 4,
+        widths: Sequence[int] = STAGE_WIDTHS,
     ) -> None:
         super().__init__()
-        self.inplanes = STAGE_WIDTHS[0]
+        self.inplanes = widths[0]  # the stem follows stage 1's width (64 unless thinned)
         self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         strides = (1, 2, 2, 2)
-        stages = zip(STAGE_WIDTHS, layers, strides, conv_layers, strict=True)
+        stages = zip(widths, layers, strides, conv_layers, strict=True)
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             self._make_layer(*stage) for stage in stages
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(STAGE_WIDTHS[-1] * BasicBlock.expansion, num_classes)
+        self.fc = nn.Linear(widths[-1] * BasicBlock.expansion, num_classes)
         for module in self.modules():  # torchvision's init; ODKConv2d brings its own
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -136,7 +138,7 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Images ``(B, 3, H, W)`` -> logits ``(B, num_classes)``."""
         x = self.relu(self.bn1(self.conv1(x)))  # (B, 64, H, W): no max-pool on 32x32 inputs
-        x = self.layer1(x)  # (B, 64, H, W)
+        x = self.layer1(x)  # (B, 64, H, W) at the default widths
         x = self.layer2(x)  # (B, 128, H/2, W/2)
         x = self.layer3(x)  # (B, 256, H/4, W/4)
         x = self.layer4(x)  # (B, 512, H/8, W/8)
@@ -150,33 +152,47 @@ def _resnet(
     odk_layers: Iterable[int],
     num_matrices: int | str,
     r: int,
+    widths: Sequence[int] | None,
 ) -> ResNet:
-    stages = _check_settings(num_classes, odk_layers, num_matrices, r)
+    widths = _check_widths(STAGE_WIDTHS if widths is None else widths)
+    stages = _check_settings(num_classes, odk_layers, num_matrices, r, widths)
     odk = odk_conv(num_matrices, r)
     conv_layers = [odk if stage in stages else nn.Conv2d for stage in range(1, 5)]
-    return ResNet(layers, num_classes, conv_layers)
+    return ResNet(layers, num_classes, conv_layers, widths)
 
 
 def resnet18(
-    num_classes: int = 10, odk_layers: Iterable[int] = (), num_matrices: int | str = 1, r: int = 1
+    num_classes: int = 10,
+    odk_layers: Iterable[int] = (),
+    num_matrices: int | str = 1,
+    r: int = 1,
+    widths: Sequence[int] | None = None,
 ) -> ResNet:
     """CIFAR ResNet-18; the 3x3 convs of the stages in ``odk_layers`` (1..4) are ODK convs.
 
+    ``widths`` (default 64/128/256/512) sets each stage's channels.
+
     Raises:
         ConfigError: A setting is out of range (the message names it and what is allowed).
     """
-    return _resnet([2, 2, 2, 2], num_classes, odk_layers, num_matrices, r)
+    return _resnet([2, 2, 2, 2], num_classes, odk_layers, num_matrices, r, widths)
 
 
 def resnet34(
-    num_classes: int = 10, odk_layers: Iterable[int] = (), num_matrices: int | str = 1, r: int = 1
+    num_classes: int = 10,
+    odk_layers: Iterable[int] = (),
+    num_matrices: int | str = 1,
+    r: int = 1,
+    widths: Sequence[int] | None = None,
 ) -> ResNet:
     """CIFAR ResNet-34; the 3x3 convs of the stages in ``odk_layers`` (1..4) are ODK convs.
+
+    ``widths`` (default 64/128/256/512) sets each stage's channels.
 
     Raises:
         ConfigError: A setting is out of range (the message names it and what is allowed).
     """
-    return _resnet([3, 4, 6, 3], num_classes, odk_layers, num_matrices, r)
+    return _resnet([3, 4, 6, 3], num_classes, odk_layers, num_matrices, r, widths)
 
 
 # Accepted spellings of the `baseline_name` setting (the research plan writes "Resnet-18").
@@ -198,8 +214,11 @@ def build_model(
     odk_layers: Iterable[int] = (),
     num_matrices: int | str = 1,
     r: int = 1,
+    widths: Sequence[int] | None = None,
 ) -> ResNet:
     """The network named by the ``baseline_name`` setting, with the ``model.*`` settings applied.
+
+    ``widths`` (default 64/128/256/512) thins the stages, as the parameter-matched control does.
 
     Raises:
         ConfigError: Unknown ``baseline_name`` or a ``model.*`` setting out of range.
@@ -207,11 +226,25 @@ def build_model(
     if baseline_name not in BASELINE_NAMES:
         allowed = ", ".join(BASELINE_NAMES)
         raise ConfigError(f"baseline_name={baseline_name!r} is not supported; allowed: {allowed}")
-    return BASELINE_NAMES[baseline_name](num_classes, odk_layers, num_matrices, r)
+    return BASELINE_NAMES[baseline_name](num_classes, odk_layers, num_matrices, r, widths)
+
+
+def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
+    if (
+        isinstance(widths, str | bytes)
+        or len(widths) != 4
+        or not all(_is_int(w) and w >= 1 for w in widths)
+    ):
+        raise ConfigError(f"widths={widths!r} is not allowed; allowed: four integers >= 1")
+    return tuple(widths)
 
 
 def _check_settings(
-    num_classes: int, odk_layers: Iterable[int], num_matrices: int | str, r: int
+    num_classes: int,
+    odk_layers: Iterable[int],
+    num_matrices: int | str,
+    r: int,
+    widths: Sequence[int] = STAGE_WIDTHS,
 ) -> set[int]:
     """Validate the model settings; return the set of ODK stages."""
     if not _is_int(num_classes) or num_classes < 1:
@@ -222,7 +255,7 @@ def _check_settings(
             f"model.odk_layers={odk_layers!r} is not allowed; allowed: a list of stages in 1..4 "
             "(e.g. [3, 4]), or [] for the dense baseline"
         )
-    widths = sorted({STAGE_WIDTHS[s - 1] for s in stages})
+    widths = sorted({widths[s - 1] for s in stages})
     if not _is_int(r) or r < 1 or any(w % r for w in widths):
         common = math.gcd(*widths)
         allowed = [d for d in range(1, common + 1) if common % d == 0] if widths else "any int >= 1"
@@ -266,3 +299,19 @@ def parameter_report(model: nn.Module) -> list[dict[str, Any]]:
         trainable = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
         rows.append(dict(zip(REPORT_KEYS, (name, shape, *odk, trainable, dense), strict=True)))
     return rows
+
+
+@torch.no_grad()
+def orthogonality_error(model: nn.Module) -> float | None:
+    """The largest ``max |W W^T - m I|`` over the model's ODK convs, or None if it has none.
+
+    ``W`` is each layer's weight as the model computes it (in its own dtype); the product is
+    taken in float64, so the figure measures the layer, not the check's rounding.
+    """
+    errors = []
+    for module in model.modules():
+        if isinstance(module, ODKConv2d):
+            w = module.weight.detach().flatten(1).double()  # (out, in*kh*kw)
+            eye = torch.eye(w.shape[0], dtype=torch.float64, device=w.device)
+            errors.append(float((w @ w.T - module.num_matrices * eye).abs().max()))
+    return max(errors) if errors else None

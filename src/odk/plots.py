@@ -1,7 +1,7 @@
 """Figures and DVC plot data: confusion records, ROC curves, image grids, learning curves.
 
 DVC renders the JSON records (`dvc plots show`); the PNGs are for what DVC's templates
-cannot draw (one ROC curve per class, labelled test images, overlaid learning curves).
+cannot draw (one ROC curve per class, labelled test images, curves with a band over seeds).
 """
 
 from __future__ import annotations
@@ -21,10 +21,51 @@ from odk.atomic import atomic_file  # noqa: E402
 FPR_GRID = np.linspace(0.0, 1.0, 201)
 
 
-def confusion_records(labels: np.ndarray, preds: np.ndarray, classes: Sequence[str]) -> list[dict]:
-    """One `{actual, predicted}` record per test image, for DVC's `confusion` template."""
+def pooled_confusion(predictions: Sequence[np.ndarray], classes: Sequence[str]) -> list[dict]:
+    """One `{actual, predicted}` record per test image and seed, for DVC's `confusion` template.
+
+    Args:
+        predictions: one `(N, 2)` array of true and predicted classes per seed.
+    """
+    pairs = np.concatenate(list(predictions))
+    return [{"actual": classes[a], "predicted": classes[p]} for a, p in pairs.tolist()]
+
+
+def curve_records(curves: dict[str, list[tuple[Sequence[int], Sequence[float]]]]) -> list[dict]:
+    """`{epoch, <model>: mean over seeds, ...}` per epoch, for one DVC plot of every model.
+
+    Args:
+        curves: per model, one `(epochs, values)` curve per seed.
+    """
+    means = {name: _mean_curve(runs) for name, runs in curves.items()}
+    epochs = sorted({e for epochs, _ in means.values() for e in epochs})
+    records = []
+    for epoch in epochs:
+        record: dict = {"epoch": epoch}
+        for name, (xs, ys) in means.items():
+            if epoch in xs:
+                record[name] = round(float(ys[xs.index(epoch)]), 6)
+        records.append(record)
+    return records
+
+
+def _mean_curve(runs: list[tuple[Sequence[int], Sequence[float]]]) -> tuple[list[int], list[float]]:
+    """The mean over runs at every epoch that all of them reached."""
+    common = sorted(set.intersection(*(set(epochs) for epochs, _ in runs)))
+    tables = [dict(zip(epochs, values, strict=True)) for epochs, values in runs]
+    return common, [float(np.mean([t[e] for t in tables])) for e in common]
+
+
+def mean_roc_records(rocs: dict[str, list[list[dict]]]) -> list[dict]:
+    """`{fpr, <model>: mean TPR over seeds, ...}` on the common FPR grid of `macro_roc_records`."""
+    mean = {
+        name: np.mean([[p["tpr"] for p in run] for run in runs], axis=0)
+        for name, runs in rocs.items()
+    }
+    fprs = [p["fpr"] for p in next(iter(rocs.values()))[0]]
     return [
-        {"actual": classes[a], "predicted": classes[p]} for a, p in zip(labels, preds, strict=True)
+        {"fpr": fpr, **{name: round(float(tpr[i]), 6) for name, tpr in mean.items()}}
+        for i, fpr in enumerate(fprs)
     ]
 
 
@@ -101,13 +142,23 @@ def save_prediction_grid(
     save_figure(fig, path)
 
 
-def save_curves_png(
-    path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], ylabel: str, title: str
+def save_band_png(
+    path: Path,
+    curves: dict[str, list[tuple[Sequence[int], Sequence[float]]]],
+    ylabel: str,
+    title: str,
 ) -> None:
-    """Overlay named `(x, y)` curves, e.g. validation accuracy per epoch of both models."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (x, y) in curves.items():
-        ax.plot(x, y, marker="o", ms=3, label=name)
+    """Per model, the mean curve over seeds and a band from the lowest to the highest seed."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, runs in curves.items():
+        epochs, mean = _mean_curve(runs)
+        tables = [dict(zip(e, v, strict=True)) for e, v in runs]
+        values = np.array([[t[e] for e in epochs] for t in tables])  # (seeds, epochs)
+        (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=f"{name} ({len(runs)} seeds)")
+        if len(runs) > 1:
+            ax.fill_between(
+                epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.15
+            )
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend()

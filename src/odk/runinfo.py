@@ -1,6 +1,7 @@
 """Provenance: what produced a result (seed, dataset md5, package versions).
 
-Every metrics file carries these fields, so a number can be traced to its inputs.
+Every run's records (`metrics/runs/<kind>/seed<N>/*.json`) carry these fields, so a number
+can be traced to its inputs; the DVC metrics files hold metrics only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def provenance(seed: int, dataset_md5: str) -> dict[str, Any]:
-    """The fields recorded with every metrics file."""
-    return {"seed": seed, "dataset_md5": dataset_md5, "versions": package_versions()}
+def provenance(seed: int, split_seed: int, dataset_md5: str) -> dict[str, Any]:
+    """The fields recorded with every run: training seed, split seed, data, package versions."""
+    return {
+        "seed": seed,
+        "split_seed": split_seed,
+        "dataset_md5": dataset_md5,
+        "versions": package_versions(),
+    }

@@ -1,9 +1,17 @@
-"""Stage `compare`: answer the research question for the current settings.
+"""Stage `compare`: answer the research question for the current settings, over every seed.
 
-Reads both models' test metrics and training records and writes `metrics/compare.json`
-(`accuracy_delta` and `roc_auc_delta` as ODK minus baseline, `params_ratio` as ODK over
-baseline, `within_tolerance`), a side-by-side table (`metrics/compare.md`, `.csv`) and a figure
-of both validation-accuracy curves (`plots/compare/val_accuracy.png`).
+Reads every run of the three models (baseline, ODK, parameter-matched control) for each seed of
+`seeds` and writes:
+
+- `metrics/{baseline,odk,matched}.json`: each model's metrics, means over the seeds (plus the
+  standard deviation of test accuracy, the ODK layers' orthogonality error, the control's
+  stage widths);
+- `metrics/compare.json`: the answer: `accuracy_delta` (ODK minus baseline, mean over seeds),
+  its 95% confidence interval and `verdict` (`odk.stats`), the same against the matched control,
+  parameter ratios and `within_tolerance`;
+- `metrics/compare.md` (the verdict in one sentence, and a table), `metrics/compare.csv`;
+- `plots/compare/`: learning curves and ROC curves averaged over seeds, confusion records pooled
+  over seeds, and a PNG of validation accuracy per epoch (mean and range over seeds).
 """
 
 from __future__ import annotations
@@ -12,29 +20,55 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from odk.atomic import write_json, write_text
 from odk.config import Config, main_entry
 from odk.errors import OdkError
-from odk.plots import save_curves_png
-from odk.stages import KINDS
+from odk.plots import curve_records, mean_roc_records, pooled_confusion, save_band_png
+from odk.stages import KINDS, Run
+from odk.stats import accuracy_delta_ci, verdict
 
-TABLE_ROWS = {  # row label -> (metrics file prefix, key)
-    "test accuracy": ("", "test_accuracy"),
-    "test ROC-AUC (macro, OvR)": ("", "test_roc_auc"),
-    "test F1 (macro)": ("", "test_f1_macro"),
-    "test loss": ("", "test_loss"),
-    "trainable parameters": ("", "trainable_params"),
-    "model file (MB)": ("", "model_file_bytes"),
-    "best validation accuracy": ("train_", "best_val_acc"),
-    "training time (s)": ("train_", "training_time_s"),
-    "inference (images/s)": ("", "inference_images_per_s"),
+# key of metrics/<kind>.json -> (record, key); means over the seeds
+AVERAGED = {
+    "test_accuracy": ("test", "test_accuracy"),
+    "test_roc_auc": ("test", "test_roc_auc"),
+    "test_f1_macro": ("test", "test_f1_macro"),
+    "test_loss": ("test", "test_loss"),
+    "trainable_params": ("test", "trainable_params"),
+    "model_file_bytes": ("test", "model_file_bytes"),
+    "inference_images_per_s": ("test", "inference_images_per_s"),
+    "best_val_acc": ("train", "best_val_acc"),
+    "training_time_s": ("train", "training_time_s"),
+}
+TABLE_ROWS = {  # row label -> key of metrics/<kind>.json
+    "test accuracy": "test_accuracy",
+    "test ROC-AUC (macro, OvR)": "test_roc_auc",
+    "test F1 (macro)": "test_f1_macro",
+    "test loss": "test_loss",
+    "trainable parameters": "trainable_params",
+    "model file (MB)": "model_file_bytes",
+    "best validation accuracy": "best_val_acc",
+    "training time (s)": "training_time_s",
+    "inference (images/s)": "inference_images_per_s",
+}
+CURVES = {"val_acc": "val/acc", "val_loss": "val/loss", "train_loss": "train/loss"}
+VERDICT_WORDS = {
+    "non-inferior": "non-inferior: it loses less than the {m:g}-point margin",
+    "inferior": "inferior: it loses more than the {m:g}-point margin",
+    "inconclusive": "inconclusive: the interval straddles the -{m:g}-point margin, and more "
+    "seeds would narrow it",
+}
+MATCHED_WORDS = {
+    "better": "better than",
+    "worse": "worse than",
+    "inconclusive": "not clearly different from",
 }
 
 
-def read_metrics(path: Path) -> dict[str, Any]:
-    """A stage's metrics JSON, or a clear error naming the stage that makes it."""
+def read_json(path: Path) -> Any:
+    """A JSON record, or a clear error naming the stage that writes it."""
     if not path.is_file():
         raise OdkError(f"{path} is missing: run the stage that writes it (`dvc repro`) first")
     try:
@@ -44,25 +78,76 @@ def read_metrics(path: Path) -> dict[str, Any]:
 
 
 def read_dvclive_curve(live_dir: Path, metric: str) -> tuple[list[int], list[float]]:
-    """Per-epoch values of a dvclive metric (e.g. `val/acc`) as (epochs, values)."""
-    plots = live_dir / "plots" / "metrics"
-    values = pd.read_csv(plots / f"{metric}.tsv", sep="\t")
-    epochs = pd.read_csv(plots / "epoch.tsv", sep="\t")
+    """Per-epoch values of a DVCLive metric (e.g. `val/acc`) as (epochs, values).
+
+    The training stage logs the epoch (1, 2, ...) as DVCLive's step.
+    """
+    path = live_dir / "plots" / "metrics" / f"{metric}.tsv"
+    if not path.is_file():
+        raise OdkError(f"{path} is missing: rerun the training stage that writes {live_dir}")
+    values = pd.read_csv(path, sep="\t")
     name = metric.rsplit("/", 1)[-1]
-    merged = values.merge(epochs, on="step", how="left")
-    return [int(e) + 1 for e in merged["epoch"]], [float(v) for v in merged[name]]
+    return [int(s) for s in values["step"]], [float(v) for v in values[name]]
 
 
-def summarize(metrics: dict[str, dict[str, Any]], max_drop: float) -> dict[str, Any]:
-    """The four contract keys plus the F1 delta and the model-file and speed ratios."""
-    base, odk = metrics["baseline"], metrics["odk"]
-    accuracy_delta = odk["test_accuracy"] - base["test_accuracy"]
+def read_predictions(run: Run) -> np.ndarray:
+    """The `(N, 2)` true and predicted class of every test image of one run."""
+    path = run.record_dir / "predictions.npy"
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise OdkError(f"{path} is missing or corrupt ({exc}): rerun evaluate") from None
+
+
+def aggregate(runs: list[Run]) -> dict[str, Any]:
+    """One model's metrics: means over its runs, the accuracy's spread, model-specific extras."""
+    records = [{"test": read_json(r.test_record), "train": read_json(r.train_record)} for r in runs]
+    out: dict[str, Any] = {}
+    for key, (record, field) in AVERAGED.items():
+        out[key] = round(float(np.mean([rec[record][field] for rec in records])), 6)
+    out["trainable_params"] = int(out["trainable_params"])
+    out["model_file_bytes"] = int(out["model_file_bytes"])
+    accuracies = [rec["test"]["test_accuracy"] for rec in records]
+    spread = float(np.std(accuracies, ddof=1)) if len(runs) > 1 else 0.0
+    out["test_accuracy_std"] = round(spread, 6)
+    out["n_seeds"] = len(runs)
+    kind = runs[0].kind
+    if kind == "odk":
+        out["orthogonality_error"] = max(rec["test"]["orthogonality_error"] for rec in records)
+    if kind == "matched":
+        out["stage_widths"] = records[0]["train"]["arch"]["widths"]
+    return out
+
+
+def summarize(
+    models: dict[str, dict[str, Any]], correct: dict[str, np.ndarray], seeds: list[int], cfg: Config
+) -> dict[str, Any]:
+    """`metrics/compare.json`: the contract keys, the CIs and verdicts, the ratios."""
+    base, odk, matched = (models[k] for k in KINDS)
+    max_drop = cfg.compare.max_accuracy_drop
+    vs_base = accuracy_delta_ci(correct["odk"], correct["baseline"])
+    vs_matched = accuracy_delta_ci(correct["odk"], correct["matched"])
+    low, high = vs_matched["ci95"]
     return {
-        "accuracy_delta": round(accuracy_delta, 6),
+        "accuracy_delta": round(vs_base["delta"], 6),
         "roc_auc_delta": round(odk["test_roc_auc"] - base["test_roc_auc"], 6),
         "params_ratio": round(odk["trainable_params"] / base["trainable_params"], 6),
-        "within_tolerance": bool(accuracy_delta >= -max_drop - 1e-12),
+        "within_tolerance": bool(vs_base["delta"] >= -max_drop - 1e-12),
         "max_accuracy_drop": max_drop,
+        "seeds": list(seeds),
+        "n_seeds": len(seeds),
+        "accuracy_delta_ci95": [round(v, 6) for v in vs_base["ci95"]],
+        # the interval again as numbers: `dvc exp show` and `dvc metrics diff` show no lists
+        "accuracy_delta_ci95_low": round(vs_base["ci95"][0], 6),
+        "accuracy_delta_ci95_high": round(vs_base["ci95"][1], 6),
+        "verdict": verdict(vs_base["ci95"], max_drop),
+        "ci_method": vs_base["method"],
+        "accuracy_deltas": [round(v, 6) for v in vs_base["deltas"]],
+        "matched_accuracy_delta": round(vs_matched["delta"], 6),
+        "matched_accuracy_delta_ci95": [round(v, 6) for v in vs_matched["ci95"]],
+        "matched_accuracy_deltas": [round(v, 6) for v in vs_matched["deltas"]],
+        "matched_verdict": "better" if low > 0 else "worse" if high < 0 else "inconclusive",
+        "matched_params_ratio": round(matched["trainable_params"] / odk["trainable_params"], 6),
         "f1_delta": round(odk["test_f1_macro"] - base["test_f1_macro"], 6),
         "model_file_ratio": round(odk["model_file_bytes"] / base["model_file_bytes"], 6),
         "inference_speed_ratio": round(
@@ -71,42 +156,89 @@ def summarize(metrics: dict[str, dict[str, Any]], max_drop: float) -> dict[str, 
     }
 
 
-def compare_table(metrics: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """Side-by-side table of both models (rows: quantities, columns: models)."""
+def verdict_sentence(summary: dict[str, Any], models: dict[str, dict[str, Any]]) -> str:
+    """The answer in one sentence a reader can quote (accuracies in percentage points)."""
+    s, m = summary, summary["max_accuracy_drop"] * 100
+    lo, hi = (100 * v for v in s["accuracy_delta_ci95"])
+    mlo, mhi = (100 * v for v in s["matched_accuracy_delta_ci95"])
+    n = s["n_seeds"]
+    seeds = f"{n} training seed{'s' if n > 1 else ''}"
+    return (
+        f"With {seeds}, ODK's test accuracy differs from the dense baseline's by "
+        f"{100 * s['accuracy_delta']:+.2f} points (95% CI {lo:+.2f} to {hi:+.2f}), so ODK is "
+        f"{VERDICT_WORDS[s['verdict']].format(m=m)}, while training "
+        f"{models['odk']['trainable_params']:,} of the baseline's "
+        f"{models['baseline']['trainable_params']:,} parameters ({s['params_ratio']:.3f}x); "
+        f"against a dense network thinned to the same {models['matched']['trainable_params']:,} "
+        f"parameters it is {MATCHED_WORDS[s['matched_verdict']]} the control "
+        f"({100 * s['matched_accuracy_delta']:+.2f} points, 95% CI {mlo:+.2f} to {mhi:+.2f})."
+    )
+
+
+def compare_table(models: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Means over seeds, side by side (rows: quantities, columns: models)."""
     rows = {}
-    for label, (prefix, key) in TABLE_ROWS.items():
-        row = [metrics[prefix + kind][key] for kind in KINDS]
-        if key == "model_file_bytes":
-            row = [v / 1e6 for v in row]
-        rows[label] = row
+    for label, key in TABLE_ROWS.items():
+        row = [models[kind][key] for kind in KINDS]
+        rows[label] = [v / 1e6 for v in row] if key == "model_file_bytes" else row
+    rows["test accuracy, std over seeds"] = [models[k]["test_accuracy_std"] for k in KINDS]
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(KINDS))
 
 
 def compare(cfg: Config) -> dict[str, Any]:
-    """Write the comparison of the two trained models for the current settings."""
-    names = [prefix + kind for prefix in ("", "train_") for kind in KINDS]
-    metrics = {name: read_metrics(Path("metrics") / f"{name}.json") for name in names}
-    summary = summarize(metrics, cfg.compare.max_accuracy_drop)
-    table = compare_table(metrics)
-    verdict = "within" if summary["within_tolerance"] else "NOT within"
+    """Write the comparison of the three models over the seeds of the current settings."""
+    seeds = list(cfg.seeds)
+    runs = {kind: [Run(kind, seed) for seed in seeds] for kind in KINDS}
+    models = {kind: aggregate(runs[kind]) for kind in KINDS}
+    predictions = {kind: [read_predictions(r) for r in runs[kind]] for kind in KINDS}
+    labels = predictions["baseline"][0][:, 0]
+    for kind in KINDS:
+        for run, pred in zip(runs[kind], predictions[kind], strict=True):
+            if pred.shape != (len(labels), 2) or not np.array_equal(pred[:, 0], labels):
+                raise OdkError(
+                    f"{run.record_dir / 'predictions.npy'} was scored on other test images than "
+                    f"{runs['baseline'][0].record_dir}: rerun `dvc repro`"
+                )
+    correct = {k: np.stack([p[:, 1] == p[:, 0] for p in predictions[k]]) for k in KINDS}
+    summary = summarize(models, correct, seeds, cfg)
+    table = compare_table(models)
+    sentence = verdict_sentence(summary, models)
     text = (
-        f"# ODK vs baseline\n\n{table.to_markdown(floatfmt='.4g')}\n\n"
-        f"accuracy delta (ODK - baseline): {summary['accuracy_delta']:+.4f}, "
-        f"{verdict} the tolerance of -{cfg.compare.max_accuracy_drop}; "
-        f"ODK trains {summary['params_ratio']:.4f}x the baseline's parameters.\n"
+        f"# ODK vs baseline vs parameter-matched control\n\n**{summary['verdict']}.** {sentence}"
+        f"\n\nMeans over seeds {seeds}; confidence intervals: {summary['ci_method']}.\n\n"
+        f"{table.to_markdown(floatfmt='.4g')}\n"
     )
-    curves = {kind: read_dvclive_curve(Path("plots/train") / kind, "val/acc") for kind in KINDS}
-    save_curves_png(
-        Path("plots/compare/val_accuracy.png"),
-        curves,
-        "validation accuracy",
-        "Validation accuracy per epoch",
-    )
+    _write_plots(runs, predictions)
+    for kind in KINDS:
+        write_json(Path("metrics") / f"{kind}.json", models[kind])
     write_text(Path("metrics/compare.csv"), table.to_csv())
     write_text(Path("metrics/compare.md"), text)
     write_json(Path("metrics/compare.json"), summary)
     print(text)
     return summary
+
+
+def _write_plots(runs: dict[str, list[Run]], predictions: dict[str, list[np.ndarray]]) -> None:
+    out = Path("plots/compare")
+    for name, metric in CURVES.items():
+        curves = {
+            kind: [read_dvclive_curve(r.train_plots, metric) for r in runs[kind]] for kind in KINDS
+        }
+        write_json(out / f"{name}.json", curve_records(curves))
+        if name == "val_acc":
+            save_band_png(
+                out / "val_accuracy.png",
+                curves,
+                "validation accuracy",
+                "Validation accuracy per epoch (mean over seeds; band: min to max)",
+            )
+    rocs = {kind: [read_json(r.record_dir / "roc.json") for r in runs[kind]] for kind in KINDS}
+    write_json(out / "roc.json", mean_roc_records(rocs))
+    classes = read_json(runs["baseline"][0].record_dir / "per_class.json")
+    for kind in KINDS:
+        write_json(
+            out / f"confusion_{kind}.json", pooled_confusion(predictions[kind], list(classes))
+        )
 
 
 if __name__ == "__main__":

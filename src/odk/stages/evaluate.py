@@ -1,9 +1,12 @@
-"""Stage `evaluate_baseline` / `evaluate_odk`: score one model on the full official test set.
+"""Stage `evaluate`: score one trained model on the full official test set.
 
-`python -m odk.stages.evaluate baseline|odk [hydra overrides]` writes `metrics/<kind>.json`
-(test accuracy, ROC-AUC, macro F1, loss, parameters, throughput, model-file size),
-`metrics/<kind>_per_class.json`, and `plots/<kind>/` (confusion records and the macro-average
-ROC curve for DVC, plus PNGs of the per-class ROC curves and of labelled test images).
+`python -m odk.stages.evaluate baseline|odk|matched [--seed N] [hydra overrides]` scores
+`models/<kind>/seed<N>.ckpt` and writes, in `metrics/runs/<kind>/seed<N>/`: `test.json` (test
+accuracy, ROC-AUC, macro F1, loss, parameters, throughput, model-file size, the orthogonality
+error of ODK layers), `per_class.json`, `predictions.npy` (true and predicted class of every
+test image, for the paired confidence intervals of `compare`) and `roc.json` (the macro-average
+ROC curve); and in `plots/eval/<kind>/seed<N>/` PNGs of the per-class ROC curves and of
+labelled test images.
 """
 
 from __future__ import annotations
@@ -19,24 +22,20 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
 from torch import nn
 
-from odk.atomic import write_json
+from odk.atomic import atomic_file, write_json
 from odk.checkpoint import load_model
 from odk.config import Config
 from odk.data import load_split, normalize, read_manifest
 from odk.errors import OdkError
-from odk.models import count_parameters
-from odk.plots import (
-    confusion_records,
-    macro_roc_records,
-    per_class_roc,
-    save_prediction_grid,
-    save_roc_png,
-)
+from odk.models import count_parameters, orthogonality_error
+from odk.plots import macro_roc_records, per_class_roc, save_prediction_grid, save_roc_png
 from odk.runinfo import provenance
-from odk.stages import KINDS, kind_main
+from odk.stages import KINDS, Run, kind_main
 
 GRID_IMAGES = 40
 EVAL_BATCH = 500
+# ODKConv2d promises W W^T == m I to 1e-5 in float32; a trained model beyond 1e-4 is broken.
+MAX_ORTHOGONALITY_ERROR = 1e-4
 
 
 def pick_device(accelerator: str) -> torch.device:
@@ -101,12 +100,20 @@ def classification_metrics(
     return headline, per_class
 
 
-def evaluate(cfg: Config, kind: str) -> dict[str, Any]:
-    """Score `models/<kind>.ckpt` on the test split and write its metrics and plots."""
+def evaluate(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
+    """Score `models/<kind>/seed<seed>.ckpt` on the test split; write its records and plots."""
     if kind not in KINDS:
         raise OdkError(f"model kind {kind!r} is not allowed; allowed: {', '.join(KINDS)}")
-    model_path = Path("models") / f"{kind}.ckpt"
+    run = Run(kind, seed)
+    model_path = run.model
     model, meta = load_model(model_path)
+    ortho = orthogonality_error(model)
+    if ortho is not None and ortho > MAX_ORTHOGONALITY_ERROR:
+        raise OdkError(
+            f"{model_path}: its ODK weights are not orthogonal: max |W W^T - m I| = {ortho:.3g} "
+            f"> {MAX_ORTHOGONALITY_ERROR:g} (the layer promises 1e-5); retrain it with "
+            "trainer.precision=32-true and the default float32 matmul precision"
+        )
     split_dir = Path(cfg.data_module.data_dir) / "splits"
     manifest = read_manifest(split_dir)
     classes = manifest["classes"]
@@ -127,35 +134,48 @@ def evaluate(cfg: Config, kind: str) -> dict[str, Any]:
         "inference_images_per_s": round(throughput, 1),
         "inference_device": device.type,
         "best_epoch": meta["extra"].get("epoch"),
-        **provenance(cfg.seed, manifest["source_md5"]),
+        "orthogonality_error": ortho,
+        "dataset": manifest["dataset"],
+        **provenance(seed, manifest["seed"], manifest["source_md5"]),
     }
-    _write_plots(Path("plots") / kind, kind, images.numpy(), labels, probs, classes)
-    write_json(Path("metrics") / f"{kind}_per_class.json", per_class)
-    write_json(Path("metrics") / f"{kind}.json", metrics)
+    preds = probs.argmax(1)
+    curves = per_class_roc(labels, probs)
+    with atomic_file(run.record_dir / "predictions.npy") as tmp:
+        np.save(tmp, np.stack([labels, preds], axis=1).astype(np.int16))  # (N, 2): true, predicted
+    write_json(run.record_dir / "roc.json", macro_roc_records(curves))
+    write_json(run.record_dir / "per_class.json", per_class)
+    _write_pngs(run, images.numpy(), labels, preds, curves, classes)
+    write_json(run.test_record, metrics)
     return metrics
 
 
-def _write_plots(
-    out: Path,
-    kind: str,
+def grid_indices(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """Test images for the prediction grid: as many of every class, drawn with `seed`."""
+    per_class = max(1, GRID_IMAGES // num_classes)
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(num_classes)]
+    return np.concatenate(chosen)
+
+
+def _write_pngs(
+    run: Run,
     images: np.ndarray,
     labels: np.ndarray,
-    probs: np.ndarray,
+    preds: np.ndarray,
+    curves: list[tuple[np.ndarray, np.ndarray]],
     classes: Sequence[str],
 ) -> None:
-    preds = probs.argmax(1)
-    curves = per_class_roc(labels, probs)
-    write_json(out / "confusion.json", confusion_records(labels, preds, classes))
-    write_json(out / "roc.json", macro_roc_records(curves))
-    save_roc_png(out / "roc_per_class.png", curves, classes, f"{kind}: one-vs-rest ROC")
-    n = min(GRID_IMAGES, len(images))
+    out = run.eval_plots
+    save_roc_png(out / "roc_per_class.png", curves, classes, f"{run.name}: one-vs-rest ROC")
+    index = grid_indices(labels, len(classes), run.seed)
+    per_class = len(index) // len(classes)
     save_prediction_grid(
         out / "predictions.png",
-        images[:n],
-        labels[:n],
-        preds[:n],
+        images[index],
+        labels[index],
+        preds[index],
         classes,
-        f"{kind} on the first {n} test images",
+        f"{run.name}: {per_class} random test images of each class",
     )
 
 

@@ -1,9 +1,12 @@
-"""Stage `train_baseline` / `train_odk`: fit one model with Lightning and keep the best epoch.
+"""Stages `train_baseline`, `train_odk`, `train_matched`: fit one model, keep the best epoch.
 
-`python -m odk.stages.train baseline|odk [hydra overrides]`. The dense baseline and the ODK
-model share everything but `model.*`. A run checkpoints every epoch under `.odk_state/`
-(outside DVC's outputs, which DVC deletes before a stage runs), so a killed run started again
-with the same settings resumes from its last completed epoch and ends with the same weights.
+`python -m odk.stages.train baseline|odk|matched [--seed N] [hydra overrides]` trains with
+training seed N (every seed of `seeds` without `--seed`). The three models share everything
+but their architecture: the dense baseline, the ODK model (`model.*`), and the dense control
+thinned to the ODK model's parameter count (`odk.matched`). A run checkpoints every epoch under
+`.odk_state/` (outside DVC's outputs, which DVC deletes before a stage runs), so a killed run
+started again with the same settings resumes from its last completed epoch and ends with the
+same weights.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from odk.checkpoint import atomic_torch_save, save_model
 from odk.config import Config, config_to_dict
 from odk.data import CIFARDataModule, read_manifest
 from odk.errors import OdkError
+from odk.matched import matched_widths
 from odk.models import count_parameters, parameter_report
 from odk.runinfo import provenance
-from odk.stages import KINDS, kind_main
+from odk.stages import KINDS, Run, kind_main
 
 STATE_ROOT = Path(".odk_state")
 # The DataModule serves batches from memory; worker processes would only slow it down.
@@ -39,15 +43,32 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
 def model_arch(cfg: Config, kind: str, num_classes: int) -> dict[str, Any]:
-    """`odk.build_model` arguments for the baseline or the ODK model of these settings."""
-    odk = kind == "odk"
-    return {
-        "baseline_name": cfg.baseline_name,
-        "num_classes": num_classes,
-        "odk_layers": list(cfg.model.odk_layers) if odk else [],
-        "num_matrices": cfg.model.num_matrices if odk else 1,
-        "r": cfg.model.r if odk else 1,
-    }
+    """`odk.build_model` arguments for the baseline, ODK or matched model of these settings."""
+    m = cfg.model
+    arch = {"baseline_name": cfg.baseline_name, "num_classes": num_classes}
+    if kind == "odk":
+        return {**arch, "odk_layers": list(m.odk_layers), "num_matrices": m.num_matrices, "r": m.r}
+    arch = {**arch, "odk_layers": [], "num_matrices": 1, "r": 1}
+    if kind == "matched":
+        args = (cfg.baseline_name, num_classes, m.odk_layers, m.num_matrices, m.r)
+        arch["widths"] = matched_widths(*args)
+    return arch
+
+
+class EpochLogger(DVCLiveLogger):
+    """DVCLive with the epoch (1, 2, ...) as the step of every value, train and validation.
+
+    Lightning passes its optimizer-step count as the step: with few batches per epoch a curve
+    then repeats or skips steps. Lightning also adds the 0-based `epoch` to every logged dict,
+    which is taken here instead.
+    """
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None, sync: bool = False):
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)
+        if epoch is not None:
+            step = int(epoch) + 1
+        super().log_metrics(metrics, step, sync)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -97,10 +118,9 @@ class RunRecorder(Callback):
         self.train_seconds = state_dict["train_seconds"]
 
 
-def _fingerprint(cfg: Config, kind: str, manifest: dict[str, Any]) -> str:
+def _fingerprint(run: Run, cfg: Config, manifest: dict[str, Any]) -> str:
     """What a resumable run depends on; any change starts the run over."""
     keys = (
-        "seed",
         "learning_rate",
         "max_epochs",
         "baseline_name",
@@ -110,7 +130,8 @@ def _fingerprint(cfg: Config, kind: str, manifest: dict[str, Any]) -> str:
         "data_module",
     )
     settings = {key: config_to_dict(cfg)[key] for key in keys}
-    blob = json.dumps({"kind": kind, "settings": settings, "manifest": manifest}, sort_keys=True)
+    identity = {"kind": run.kind, "seed": run.seed, "settings": settings, "manifest": manifest}
+    blob = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -125,23 +146,25 @@ def _prepare_state(state_dir: Path, fingerprint: str) -> Path | None:
     return None
 
 
-def train(cfg: Config, kind: str) -> dict[str, Any]:
-    """Train the `kind` model (`baseline` or `odk`) and write its model, metrics and curves.
+def train(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
+    """Train the `kind` model with training seed `seed`; write its model, record and curves.
 
-    Outputs: `models/<kind>.ckpt`, `metrics/train_<kind>.json`, `plots/train/<kind>/`.
+    Outputs (see `odk.stages.Run`): `models/<kind>/seed<seed>.ckpt`,
+    `metrics/runs/<kind>/seed<seed>/train.json`, `plots/train/<kind>/seed<seed>/`.
     """
     if kind not in KINDS:
         raise OdkError(f"model kind {kind!r} is not allowed; allowed: {', '.join(KINDS)}")
+    run = Run(kind, seed)
     dm = CIFARDataModule(
-        cfg.data_module.data_dir, cfg.data_module.batch_size, cfg.data_module.num_workers, cfg.seed
+        cfg.data_module.data_dir, cfg.data_module.batch_size, cfg.data_module.num_workers, seed
     )
     manifest = read_manifest(dm.split_dir)
     arch = model_arch(cfg, kind, len(manifest["classes"]))
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    pl.seed_everything(seed, workers=True, verbose=False)
     lit = _build_lit(cfg, arch)
 
-    state_dir = STATE_ROOT / f"train_{kind}"
-    resume_from = _prepare_state(state_dir, _fingerprint(cfg, kind, manifest))
+    state_dir = STATE_ROOT / f"train_{kind}_seed{seed}"
+    resume_from = _prepare_state(state_dir, _fingerprint(run, cfg, manifest))
     meta = {
         "arch": arch,
         "classes": manifest["classes"],
@@ -149,7 +172,7 @@ def train(cfg: Config, kind: str) -> dict[str, Any]:
         "std": manifest["std"],
     }
     recorder = RunRecorder(state_dir / "best_model.ckpt", meta)
-    logger = DVCLiveLogger(
+    logger = EpochLogger(
         dir=str(state_dir / "dvclive"),
         resume=resume_from is not None,
         dvcyaml=None,
@@ -158,19 +181,19 @@ def train(cfg: Config, kind: str) -> dict[str, Any]:
     )
     trainer = _build_trainer(cfg, state_dir, [recorder], logger)
     if resume_from is not None:
-        print(f"Resuming {kind} training from {resume_from}", file=sys.stderr)
+        print(f"Resuming {run.name} training from {resume_from}", file=sys.stderr)
     try:
         trainer.fit(lit, datamodule=dm, ckpt_path=resume_from, weights_only=True)
     except BaseException as exc:
         if type(exc).__name__ == "SIGTERMException":
             raise OdkError(
-                f"training of {kind} stopped by SIGTERM during epoch {trainer.current_epoch}; "
+                f"training of {run.name} stopped by SIGTERM during epoch {trainer.current_epoch}; "
                 f"run the stage again to resume from {state_dir / 'last.ckpt'}"
             ) from None
         raise
     if recorder.best_epoch < 0:
         raise OdkError("training produced no validation accuracy (is the validation set empty?)")
-    return _write_outputs(cfg, kind, lit, recorder, state_dir, manifest)
+    return _write_outputs(cfg, run, lit, recorder, state_dir, manifest)
 
 
 def _build_lit(cfg: Config, arch: dict[str, Any]) -> pl.LightningModule:
@@ -217,7 +240,7 @@ class _EveryEpoch(Callback):
 
 def _write_outputs(
     cfg: Config,
-    kind: str,
+    run: Run,
     lit: pl.LightningModule,
     recorder: RunRecorder,
     state_dir: Path,
@@ -230,15 +253,17 @@ def _write_outputs(
         "best_epoch": recorder.best_epoch,
         "epochs": cfg.max_epochs,
         "training_time_s": round(recorder.train_seconds, 3),
-        **provenance(cfg.seed, manifest["source_md5"]),
+        "precision": str(cfg.trainer.precision),
+        "arch": lit.arch,
+        **provenance(run.seed, manifest["seed"], manifest["source_md5"]),
     }
     live_dir = state_dir / "dvclive"
     (live_dir / "parameter_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_dir(Path("plots/train") / kind) as tmp:
+    with atomic_dir(run.train_plots) as tmp:
         shutil.copytree(live_dir, tmp, dirs_exist_ok=True)
-    with atomic_file(Path("models") / f"{kind}.ckpt") as tmp:
+    with atomic_file(run.model) as tmp:
         shutil.copyfile(recorder.path, tmp)
-    write_json(Path("metrics") / f"train_{kind}.json", metrics)
+    write_json(run.train_record, metrics)
     shutil.rmtree(state_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         STATE_ROOT.rmdir()  # only if no other run's state is left in it
