@@ -1,10 +1,13 @@
 """ODKConv2d: weight structure, forward, gradients, caching, precision, conversion, errors."""
 
+import ast
 import io
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 import odk.layers
@@ -365,3 +368,22 @@ def test_cuda_forward_backward_and_fp16_autocast():
     expected = F.conv2d(x, layer.weight, None, 2, 1)
     torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-4)
 
+
+def test_stages_that_depend_on_layers_py_depend_on_the_odk_modules_it_imports():
+    # dvc.yaml's deps are kept by hand: a stage that imports layers.py imports these as well.
+    root = Path(__file__).resolve().parents[1]
+    tree = ast.parse((root / "src/odk/layers.py").read_text())
+    imported = {
+        f"src/odk/{node.module.split('.')[1]}.py"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("odk.")
+    }
+    assert "src/odk/orthogonal.py" in imported
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    checked = 0
+    for name, stage in stages.items():
+        deps = set(stage.get("do", stage).get("deps", []))
+        if "src/odk/layers.py" in deps:
+            assert imported <= deps, f"{name}: missing {sorted(imported - deps)}"
+            checked += 1
+    assert checked >= 3  # train_baseline, train_odk, evaluate
