@@ -5,6 +5,8 @@ Each ``b x b`` block is ``base @ cayley(A)`` with ``cayley(A) = (I + A)^-1 (I - 
 to it, chosen by the environment variable ``ODK_INVERSE`` (read at every call):
 
 - ``schur``: block elimination down to 64 x 64 LAPACK leaves, nearly all GEMMs; the CPU default.
+  On a GPU it is bound by kernel launches: an ODK ResNet-18 step took 3.9x the dense one's on an
+  H100, 2.1x with ``lu``.
 - ``lu``: one batched ``torch.linalg.inv_ex``. On a GPU it is a long chain of small kernels:
   about 1.2 ms per 512 x 512 block on an H100, when its conv's forward and backward take 0.3 ms.
 - ``newton``: Newton–Schulz ``X <- X + X (I - M X)``, GEMMs only, started from the layer's
