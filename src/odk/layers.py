@@ -6,24 +6,21 @@ A weight of shape ``(out, in, kh, kw)`` is read as a matrix ``W`` of shape ``out
 so ``W @ W.T == m * I``. A block is a fixed Haar-random orthogonal base times the Cayley transform
 of a trained skew-symmetric matrix that starts at zero: training starts from a random orthogonal
 weight and stays exactly orthogonal whatever the optimizer does. All ``m*r`` blocks of a layer go
-through one batched map, and the input channels that meet only zero columns are never convolved.
+through one batched map (``odk.orthogonal``), and the input channels that meet only zero columns
+are never convolved.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-# On the CPU, blocks up to this size are inverted by LAPACK and larger ones by Schur
-# complements, i.e. GEMMs. That is faster than LAPACK's batched getri and avoids MKL's batched LU
-# for n >= ~200, which after torch.set_num_threads() returns garbage pivots
-# (pytorch/pytorch#142815). On a GPU one batched LU call is faster: a recursion there is bound by
-# kernel launches (a ResNet-18 step with ODK stages 3 and 4 took twice as long on an H100).
-_LEAF_SIZE = 64
+from odk.orthogonal import WarmStart, block_orthogonal_weight, haar_orthogonal, inverse_setting
 
 
 def max_num_matrices(
@@ -36,104 +33,6 @@ def max_num_matrices(
     """
     kh, kw = _pair(kernel_size)
     return in_channels * kh * kw // out_channels
-
-
-def _haar_orthogonal(count: int, size: int) -> Tensor:
-    """``count`` Haar-distributed orthogonal ``size x size`` matrices from torch's global RNG."""
-    q, r = torch.linalg.qr(torch.randn(count, size, size, dtype=torch.float64))
-    # Q of a Gaussian's QR is Haar only once R's diagonal is made positive (Mezzadri, 2007).
-    signs = torch.where(r.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(q.dtype)
-    return (q * signs.unsqueeze(-2)).float()
-
-
-def _inverse(m: Tensor) -> Tensor:
-    """Batched inverse of ``(k, n, n)`` matrices ``I + A``, ``A`` skew-symmetric; ``m`` is scratch.
-
-    Every leading block and Schur complement of such a matrix has a symmetric part ``>= I``, so
-    block elimination needs no pivoting and every inverse met on the way has norm ``<= 1``. The
-    GEMMs write fresh contiguous tensors: ``out=`` into a quadrant view would make ``bmm`` fall
-    back to one GEMM per matrix.
-    """
-    n = m.shape[-1]
-    if n <= _LEAF_SIZE or m.device.type != "cpu":
-        return torch.linalg.inv_ex(m)[0]  # no error check: such matrices are invertible
-    h = n // 2
-    a11, a12, a21, a22 = m[:, :h, :h], m[:, :h, h:], m[:, h:, :h], m[:, h:, h:]
-    inv11 = _inverse(a11)
-    t = torch.bmm(inv11, a12)  # (k, h, n-h)
-    inv22 = _inverse(a22.baddbmm_(a21, t, alpha=-1))  # of the Schur complement, made in place
-    u = torch.bmm(a21, inv11)  # (k, n-h, h)
-    out = torch.empty_like(m)
-    top_right = torch.bmm(t, inv22).neg_()
-    out[:, :h, h:] = top_right
-    out[:, h:, :h] = torch.bmm(inv22, u).neg_()
-    out[:, :h, :h] = inv11.baddbmm_(top_right, u, alpha=-1)
-    out[:, h:, h:] = inv22
-    return out
-
-
-def _diagonal_blocks(w: Tensor, lead: int, m: int, r: int) -> Tensor:
-    """The ``m*r`` diagonal blocks of ``w = [0_lead | Q_1 ... Q_m]`` as a view.
-
-    Returns:
-        For ``r == 1`` a ``(m, b, b)`` strided view, which a batched GEMM reads in place;
-        otherwise a ``(b, m, b, r)`` view whose ``[p, i, q, s]`` is row ``p``, column ``q`` of
-        block ``s`` of ``Q_{i+1}`` (the layout of ``_as_diagonal_blocks``).
-    """
-    b = w.shape[0] // r
-    if r == 1:
-        return w[:, lead:].view(b, m, b).transpose(0, 1)
-    return w[:, lead:].view(r, b, m, r, b).diagonal(dim1=0, dim2=3)
-
-
-def _as_diagonal_blocks(blocks: Tensor, m: int, r: int) -> Tensor:
-    """``(m*r, b, b)`` blocks viewed in the layout of ``_diagonal_blocks``."""
-    b = blocks.shape[-1]
-    return blocks if r == 1 else blocks.view(m, r, b, b).permute(2, 0, 3, 1)
-
-
-class _BlockOrthogonalWeight(torch.autograd.Function):
-    """Free skew entries ``(m*r, b(b-1)/2)`` -> the nonzero columns ``[0_lead | Q_1 ... Q_m]``.
-
-    Block ``base @ cayley(A)`` with ``cayley(A) = (I + A)^-1 (I - A) = 2 (I + A)^-1 - I``. The
-    backward is written by hand so that it costs two GEMMs per block and no solve.
-    """
-
-    @staticmethod
-    def forward(ctx, skew, base, upper, lower, m: int, r: int, lead: int):
-        k, b = base.shape[0], base.shape[-1]
-        upper, lower = upper.expand(k, -1), lower.expand(k, -1)
-        gen = skew.new_empty(k, b * b)
-        gen.scatter_(1, upper, skew).scatter_(1, lower, -skew)  # A = U - U^T off the diagonal
-        gen = gen.view(k, b, b)
-        gen.diagonal(dim1=-2, dim2=-1).fill_(1.0)  # M = I + A
-        inv = _inverse(gen)
-        # 2 X = 2 base M^-1, into the memory of M (dead by now): fewer fresh pages to fault in.
-        x2 = torch.baddbmm(inv.new_zeros(()), base, inv, beta=0, alpha=2, out=gen)
-        w = base.new_empty(r * b, lead + m * r * b)
-        w[:, :lead].zero_()
-        if r > 1:
-            w[:, lead:].zero_()
-        # Q = base @ (2 M^-1 - I) = 2X - base, written straight into the diagonal blocks of w.
-        out = _diagonal_blocks(w, lead, m, r)
-        torch.sub(_as_diagonal_blocks(x2, m, r), _as_diagonal_blocks(base, m, r), out=out)
-        ctx.save_for_backward(x2, inv, upper, lower)
-        ctx.layout = (m, r, lead)
-        return w
-
-    @staticmethod
-    def backward(ctx, grad_w):
-        x2, inv, upper, lower = ctx.saved_tensors
-        m, r, lead = ctx.layout
-        k, b = x2.shape[0], x2.shape[-1]
-        with torch.autocast(grad_w.device.type, enabled=False):
-            g = _diagonal_blocks(grad_w.to(x2.dtype).contiguous(), lead, m, r)
-            if r > 1:
-                g = g.permute(1, 3, 0, 2).reshape(k, b, b)
-            # Q = 2X - base with X = base M^-1, so dL/dM = -2 X^T g M^-T.
-            neg_grad_m = torch.bmm(torch.bmm(x2.mT, g), inv.mT).view(k, b * b)
-            grad_skew = neg_grad_m.gather(1, lower).sub_(neg_grad_m.gather(1, upper))
-        return grad_skew, None, None, None, None, None, None
 
 
 class ODKConv2d(nn.Module):
@@ -153,7 +52,8 @@ class ODKConv2d(nn.Module):
 
     Raises:
         ValueError: The shape admits no ODK weight, or ``r``, ``num_matrices`` or ``groups`` is out
-            of range; the message names the layer, the value and what is allowed.
+            of range, or ``ODK_INVERSE`` names no inverse; the message names the layer or the
+            setting, the value and what is allowed.
     """
 
     def __init__(
@@ -173,6 +73,7 @@ class ODKConv2d(nn.Module):
         kh, kw = self.kernel_size = _pair(kernel_size)
         self.in_channels, self.out_channels = in_channels, out_channels
         m = self._check(groups, r, num_matrices)
+        inverse_setting()  # a bad ODK_INVERSE fails here, not at the first forward
         self.max_num_matrices = max_num_matrices(in_channels, out_channels, self.kernel_size)
         self.stride, self.dilation = _pair(stride), _pair(dilation)
         self.padding = padding if isinstance(padding, str) else _pair(padding)
@@ -183,7 +84,7 @@ class ODKConv2d(nn.Module):
         self._lead = zero_columns % (kh * kw)  # zero columns left inside the convolved channels
         b = self.block_size
         self.skew = nn.Parameter(torch.zeros(m * r, b * (b - 1) // 2))
-        self.register_buffer("base", _haar_orthogonal(m * r, b))
+        self.register_buffer("base", haar_orthogonal(m * r, b))
         rows, cols = torch.triu_indices(b, b, offset=1)
         self.register_buffer("_upper", rows * b + cols, persistent=False)
         self.register_buffer("_lower", cols * b + rows, persistent=False)
@@ -193,13 +94,15 @@ class ODKConv2d(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._cache: tuple[tuple, Tensor] | None = None
+        self._warm = WarmStart()  # the last inverse, for Newton–Schulz; not in the state_dict
 
     def _compute_active_weight(self) -> Tensor:
         """The weight of the convolved channels only, ``(out, in - first_channel, kh, kw)``."""
         dtype = torch.promote_types(self.skew.dtype, torch.float32)  # fp32 map under fp16/bf16
         with torch.autocast(self.skew.device.type, enabled=False):
-            layout = (self._upper, self._lower, self.num_matrices, self.r, self._lead)
-            w = _BlockOrthogonalWeight.apply(self.skew.to(dtype), self.base.to(dtype), *layout)
+            skew, base = self.skew.to(dtype), self.base.to(dtype)
+            layout = (self.num_matrices, self.r, self._lead)
+            w = block_orthogonal_weight(skew, base, self._upper, self._lower, layout, self._warm)
         shape = (self.out_channels, self.in_channels - self.first_channel, *self.kernel_size)
         return w.view(shape).to(self.skew.dtype)
 
@@ -227,6 +130,16 @@ class ODKConv2d(nn.Module):
         """Set training mode and drop the eval-mode weight cache."""
         self._cache = None
         return super().train(mode)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ODKConv2d:
+        """``.to()``, ``.cuda()``, ``.double()``...: tensors may move, so the map starts cold."""
+        self._warm.clear()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        """Loading new parameters (a resumed run, a checkpoint) starts the map cold."""
+        self._warm.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def to_conv2d(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the same weight and bias, for export and inference."""
