@@ -24,12 +24,14 @@ from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from odk.atomic import atomic_dir, atomic_file, write_json
+from odk.atomic import atomic_outputs
 from odk.checkpoint import atomic_torch_save, save_model
 from odk.config import Config, config_to_dict
 from odk.data import CIFARDataModule, read_manifest
 from odk.errors import OdkError
+from odk.guards import check_trainer
 from odk.models import count_parameters, parameter_report
+from odk.resume import resume_point
 from odk.runinfo import provenance
 from odk.stages import KINDS, kind_main
 
@@ -116,13 +118,7 @@ def _fingerprint(cfg: Config, kind: str, manifest: dict[str, Any]) -> str:
 
 def _prepare_state(state_dir: Path, fingerprint: str) -> Path | None:
     """Return the checkpoint to resume from, or None after clearing a stale state folder."""
-    marker, last = state_dir / "fingerprint", state_dir / "last.ckpt"
-    if last.is_file() and marker.is_file() and marker.read_text() == fingerprint:
-        return last
-    shutil.rmtree(state_dir, ignore_errors=True)
-    state_dir.mkdir(parents=True)
-    marker.write_text(fingerprint)
-    return None
+    return resume_point(state_dir, fingerprint)  # an unreadable checkpoint: start over
 
 
 def train(cfg: Config, kind: str) -> dict[str, Any]:
@@ -132,6 +128,7 @@ def train(cfg: Config, kind: str) -> dict[str, Any]:
     """
     if kind not in KINDS:
         raise OdkError(f"model kind {kind!r} is not allowed; allowed: {', '.join(KINDS)}")
+    check_trainer(cfg.trainer)  # devices, accelerator, strategy, precision: can they run here?
     dm = CIFARDataModule(
         cfg.data_module.data_dir, cfg.data_module.batch_size, cfg.data_module.num_workers, cfg.seed
     )
@@ -168,6 +165,8 @@ def train(cfg: Config, kind: str) -> dict[str, Any]:
                 f"run the stage again to resume from {state_dir / 'last.ckpt'}"
             ) from None
         raise
+    if not trainer.is_global_zero:
+        return {}  # under DDP, rank 0 alone writes the outputs
     if recorder.best_epoch < 0:
         raise OdkError("training produced no validation accuracy (is the validation set empty?)")
     return _write_outputs(cfg, kind, lit, recorder, state_dir, manifest)
@@ -234,11 +233,10 @@ def _write_outputs(
     }
     live_dir = state_dir / "dvclive"
     (live_dir / "parameter_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_dir(Path("plots/train") / kind) as tmp:
-        shutil.copytree(live_dir, tmp, dirs_exist_ok=True)
-    with atomic_file(Path("models") / f"{kind}.ckpt") as tmp:
-        shutil.copyfile(recorder.path, tmp)
-    write_json(Path("metrics") / f"train_{kind}.json", metrics)
+    with atomic_outputs() as out:  # all written first, then renamed one after the other
+        shutil.copyfile(recorder.path, out.file(Path("models") / f"{kind}.ckpt"))
+        shutil.copytree(live_dir, out.dir(Path("plots/train") / kind), dirs_exist_ok=True)
+        out.json(Path("metrics") / f"train_{kind}.json", metrics)
     shutil.rmtree(state_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         STATE_ROOT.rmdir()  # only if no other run's state is left in it
