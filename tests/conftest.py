@@ -7,7 +7,9 @@ and data folder redirected into pytest's temporary directory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,20 @@ def cifar10_data(tmp_path_factory: pytest.TempPathFactory, cifar10_archive: Arch
     download(cfg)
     split(cfg)
     return root / "data"
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The PID of a process that has exited (as a killed run's would be)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def live_pid() -> Iterator[int]:
+    """The PID of a running process (as another run's would be), stopped afterwards."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()

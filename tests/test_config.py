@@ -227,10 +227,30 @@ def test_missing_params_file(tmp_path, name):
         load_config((), tmp_path / name)
 
 
-def test_settings_missing_from_the_file_take_the_defaults(tmp_path):
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "params.yaml holds no settings: every setting must be in the file"),
+        ("# nothing but a comment\n", "params.yaml holds no settings"),
+        (
+            "seed: 7\n",
+            "params.yaml lacks dataset, data_module, learning_rate, max_epochs, baseline_name, "
+            "model and 3 more: every setting must be in the file",
+        ),
+        (PARAMS.read_text().replace("  r: 1 ", "  # r: 1 "), "params.yaml lacks model.r: every"),
+    ],
+)
+def test_a_file_missing_settings_is_refused(tmp_path, text, expected):
     path = tmp_path / "params.yaml"
-    path.write_text("seed: 7\n")
-    assert load_config((), path) == Config(seed=7)
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(expected)) as info:
+        load_config((), path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_setting_missing_from_the_file_can_be_added_by_an_override(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS.read_text().replace("  batch_size: 128 ", "  # batch_size: 128 "))
     with pytest.raises(ConfigError, match=r"it is missing from .*params.yaml; add it there"):
         load_config(["data_module.batch_size=3"], path)
     assert load_config(["+data_module.batch_size=3"], path).data_module.batch_size == 3
@@ -304,6 +324,31 @@ def test_main_entry_reports_odk_errors_in_one_line(capsys, argv, error):
     err = capsys.readouterr().err
     expected = f"error: {error}\n" if error else f"error: {R3}\n"
     assert err == expected
+
+
+@pytest.mark.parametrize(
+    "argv, error, shown",
+    [
+        (
+            ["dataset.url=ftp://alice:S3cr3t@host/c.tar.gz"],
+            None,
+            "error: dataset.url=ftp://***@host/c.tar.gz is not allowed; allowed: an https:// URL, "
+            "a file:// URL or a local path\n",
+        ),
+        (
+            [],
+            DataError("cannot read https://tok3n@host/a?sig=S3cr3t&v=1: 401"),
+            "error: cannot read https://***@host/a?sig=***&v=1: 401\n",
+        ),
+    ],
+)
+def test_main_entry_redacts_credentials_in_urls(capsys, argv, error, shown):
+    def stage(cfg: Config) -> None:
+        raise error
+
+    with pytest.raises(SystemExit):
+        main_entry(stage, argv, PARAMS)
+    assert capsys.readouterr().err == shown
 
 
 def test_main_entry_exits_130_on_ctrl_c(capsys):

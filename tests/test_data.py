@@ -11,6 +11,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import (
+    DoublePrecision,
+    HalfPrecision,
+    MixedPrecision,
+    Precision,
+)
 from torch.utils.data import DistributedSampler
 
 from odk.data import CIFARDataModule, augment, load_split, normalize, read_manifest
@@ -25,10 +31,14 @@ def data_copy(cifar10_data: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(cifar10_data, tmp_path / "data"))
 
 
-def _trainer(training: bool = True, epoch: int = 0, rank: int = 0, world: int = 1):
+def _trainer(training: bool = True, epoch: int = 0, rank: int = 0, world: int = 1, precision=None):
     """What the DataModule reads from Lightning's trainer."""
     return SimpleNamespace(
-        training=training, current_epoch=epoch, global_rank=rank, world_size=world
+        training=training,
+        current_epoch=epoch,
+        global_rank=rank,
+        world_size=world,
+        precision_plugin=precision or Precision(),
     )
 
 
@@ -229,6 +239,22 @@ def test_evaluation_batches_are_only_normalized(cifar10_data, trainer):
     images, labels = next(iter(dm.val_dataloader()))
     out, out_labels = dm.on_after_batch_transfer((images, labels), 0)
     assert torch.equal(out, normalize(images, dm.mean, dm.std)) and torch.equal(out_labels, labels)
+
+
+@pytest.mark.parametrize(
+    "precision, dtype",
+    [
+        (HalfPrecision("bf16-true"), torch.bfloat16),
+        (DoublePrecision(), torch.float64),
+        (MixedPrecision("bf16-mixed", "cpu"), torch.float32),  # autocast casts inside the model
+    ],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_batches_take_the_dtype_of_a_true_precision(cifar10_data, precision, dtype, training):
+    dm = _module(cifar10_data, training=training, precision=precision)
+    images, labels = next(iter(dm.train_dataloader()))
+    out, out_labels = dm.on_after_batch_transfer((images, labels), 0)
+    assert out.dtype == dtype and torch.equal(out_labels, labels)
 
 
 def test_bad_batch_size():

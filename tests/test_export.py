@@ -119,3 +119,50 @@ def test_failed_check_keeps_the_old_file(
 def test_unknown_format_is_refused(model_file: Path, tmp_path: Path) -> None:
     with pytest.raises(OdkError, match="format 'tflite' is not allowed; allowed: torchscript"):
         export_model(model_file, "tflite", tmp_path / "model.tflite")
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_export_onto_the_model_file_is_refused(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], link: bool
+) -> None:
+    model = tmp_path / "odk.ckpt"
+    model.write_bytes(model_file.read_bytes())
+    out = model
+    if link:  # the same file under another name
+        out = tmp_path / "alias.ckpt"
+        out.symlink_to(model)
+    before = model.read_bytes()
+    assert main(["export", "--model", str(model), "--format", "onnx", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: -o {out} is the model file itself (--model); choose another file\n"
+    assert model.read_bytes() == before
+
+
+def _under_a_file(tmp_path: Path) -> tuple[Path, str]:
+    (tmp_path / "notes.txt").write_text("a file")
+    out = tmp_path / "notes.txt" / "deploy" / "model.onnx"
+    return out, f"error: cannot write {out}: {tmp_path / 'notes.txt'} is a file, not a folder\n"
+
+
+def _onto_a_folder(tmp_path: Path) -> tuple[Path, str]:
+    out = tmp_path / "deploy"
+    out.mkdir()
+    return out, f"error: -o {out} is a folder; give a file name, e.g. {out / 'model.onnx'}\n"
+
+
+def _into_sys(tmp_path: Path) -> tuple[Path, str]:
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no /sys here")
+    out = Path("/sys/kernel/odk-export.onnx")
+    return out, f"error: cannot write {out}: "
+
+
+@pytest.mark.parametrize("where", [_under_a_file, _onto_a_folder, _into_sys])
+def test_unwritable_outputs_are_refused_in_one_line(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where
+) -> None:
+    out, expected = where(tmp_path)
+    assert main(["export", "--model", str(model_file), "--format", "onnx", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and err.count("\n") == 1
+    assert not out.is_file()

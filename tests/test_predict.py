@@ -7,6 +7,9 @@ the files are written in several formats, sizes and modes to exercise the readin
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +184,44 @@ def test_unreadable_files_fail_alone(
         f"error: {missing}: no such file or folder",
         f"error: {empty}: folder holds no files",
     ]
+
+
+@pytest.mark.parametrize("size", [(120, 60), (1200, 600)])  # read whole / shrunk in strips
+def test_read_image_turns_by_exif_orientation(tmp_path: Path, size: tuple[int, int]) -> None:
+    pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    pixels[:, : size[0] // 2] = (220, 30, 30)  # left half red, right half blue
+    pixels[:, size[0] // 2 :] = (30, 30, 220)
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    img.save(tmp_path / "turned.jpg", exif=exif.tobytes(), quality=95)
+    image = read_image(tmp_path / "turned.jpg").float()
+    top, bottom = image[:, :12].mean(dim=(1, 2)), image[:, 20:].mean(dim=(1, 2))
+    assert top[0] > 180 > top[2] and bottom[2] > 180 > bottom[0]  # the left half is now on top
+
+
+MEMORY_PROBE = """
+import resource, sys
+from odk.predict import read_image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = read_image(sys.argv[1])
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+colour = [round(float(v)) for v in image.float().mean((1, 2))]
+print((after - before) * 1024, tuple(image.shape), colour)
+"""
+
+
+@pytest.mark.slow
+def test_a_large_image_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    side = 5000
+    pixels = np.zeros((side, side, 4), dtype=np.uint8)
+    pixels[..., 0], pixels[..., 2], pixels[..., 3] = 200, 90, 255
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "large.png")  # compresses to a few kB
+    del pixels
+    env = {**os.environ, "PYTHONPATH": str(Path(odk.__file__).parents[1])}  # this odk
+    probe = [sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "large.png")]
+    out = subprocess.run(probe, capture_output=True, text=True, env=env, check=True).stdout
+    peak = int(out.split()[0])
+    decoded = side * side * 4  # what Pillow holds once the PNG is decoded
+    assert peak < 2 * decoded, f"{peak / 2**20:.0f} MB for a {decoded / 2**20:.0f} MB image"
+    assert "(3, 32, 32) [200, 0, 90]" in out

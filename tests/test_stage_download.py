@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from odk.config import load_config
-from odk.errors import DataError
+from odk.errors import DataError, OdkError
 from odk.stages import download as download_module
 from odk.stages.download import download, read_raw
-from odk.synthetic import CIFAR10_CLASSES
+from odk.synthetic import CIFAR10_CLASSES, write_cifar_archive
 
 
 def _config(params: Path, *overrides: str):
@@ -87,8 +88,8 @@ def test_a_failed_run_keeps_the_previous_raw(params_file):
     assert _data_dir_listing(params_file) == ["raw"]
 
 
-def test_leftovers_of_a_killed_run_are_removed(params_file):
-    stale = params_file.parent / "data" / ".raw.tmp-killed"
+def test_leftovers_of_a_killed_run_are_removed(params_file, dead_pid):
+    stale = params_file.parent / "data" / f".raw.tmp-{dead_pid}"
     (stale / "cifar-10-batches-py").mkdir(parents=True)
     download(_config(params_file))
     assert _data_dir_listing(params_file) == ["raw"]
@@ -130,8 +131,8 @@ def test_https_download_is_checked_for_completeness(params_file, cifar10_archive
     payload = cifar10_archive[0].read_bytes()
     seen = []
 
-    def urlopen(url, timeout):
-        seen.append(url)
+    def urlopen(request, timeout):
+        seen.append(request.full_url)
         return _Response(payload[: len(payload) - cut], len(payload))
 
     monkeypatch.setattr(download_module.urllib.request, "urlopen", urlopen)
@@ -238,3 +239,92 @@ def test_command_line_reports_errors_in_one_line(params_file, monkeypatch, capsy
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: md5 mismatch for ") and err.count("\n") == 1
+
+
+def test_a_data_dir_holding_other_files_is_left_alone(tmp_path, make_params):
+    params = make_params(write_cifar_archive(tmp_path / "archive", "cifar10", 2, 1))
+    victim = tmp_path / "victim"
+    (victim / "raw").mkdir(parents=True)
+    (victim / "raw" / "thesis.txt").write_text("four years of work")
+    (victim / ".raw.tmp-drafts").mkdir()  # named like a temporary, but no run's
+    with pytest.raises(OdkError, match=f"{victim / 'raw'} is not this stage's output"):
+        download(_config(params, f"data_module.data_dir={victim}"))
+    assert (victim / "raw" / "thesis.txt").read_text() == "four years of work"
+    assert sorted(p.name for p in victim.iterdir()) == [".raw.tmp-drafts", "raw"]
+
+
+def test_a_live_runs_temporary_folder_is_left_alone(params_file, live_pid):
+    other = params_file.parent / "data" / f".raw.tmp-{live_pid}"
+    other.mkdir(parents=True)
+    (other / "archive.tar.gz.part").write_bytes(b"half an archive")
+    download(_config(params_file))
+    assert (other / "archive.tar.gz.part").read_bytes() == b"half an archive"
+
+
+def _with_extra_members(tmp_path: Path, archive: Path, extra: dict[str, bytes]) -> tuple[Path, str]:
+    members = []
+    with tarfile.open(archive) as tar:
+        for info in tar.getmembers():
+            payload = tar.extractfile(info).read() if info.isfile() else None
+            members.append((info, payload))
+    members += [(_member(name), payload) for name, payload in extra.items()]
+    return _tar_gz(tmp_path / "bomb.tar.gz", members)
+
+
+def test_only_the_files_of_the_format_are_extracted(tmp_path, make_params, cifar10_archive):
+    zeros = bytes(8 * 2**20)  # gzip shrinks it ~1000x: a small archive that would fill a disk
+    extra = {FOLDER + "bomb.bin": zeros, "elsewhere/bomb.bin": zeros, FOLDER + "readme.html": b"x"}
+    params = make_params(_with_extra_members(tmp_path, cifar10_archive[0], extra))
+    raw_dir = download(_config(params))
+    assert sorted(p.name for p in (raw_dir / "cifar-10-batches-py").iterdir()) == sorted(BATCHES)
+    assert sorted(p.name for p in raw_dir.iterdir()) == ["cifar-10-batches-py", "source.json"]
+
+
+def test_an_oversized_member_is_refused_before_it_is_written(
+    tmp_path, make_params, cifar10_archive, monkeypatch
+):
+    monkeypatch.setattr(download_module, "MAX_MEMBER_BYTES", 1000)
+    params = make_params(cifar10_archive)
+    with pytest.raises(
+        DataError, match=r"member 'cifar-10-batches-py/\w+' is \d+ bytes, more than 1000"
+    ):
+        download(_config(params))
+    assert _data_dir_listing(params) == []
+
+
+def test_credentials_in_the_url_are_sent_but_never_shown(params_file, monkeypatch):
+    seen = []
+
+    def urlopen(request, timeout):
+        seen.append((request.full_url, request.get_header("Authorization")))
+        raise OSError("HTTP Error 401: Unauthorized")
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", urlopen)
+    url = "https://alice:S3cr3t@mirror.example/c.tar.gz?X-Amz-Signature=f00dcafe&v=1"
+    with pytest.raises(DataError) as info:
+        download(_config(params_file, f"dataset.url='{url}'"))
+    assert str(info.value) == (
+        "cannot read dataset.url=https://***@mirror.example/c.tar.gz?X-Amz-Signature=***&v=1: "
+        "HTTP Error 401: Unauthorized"
+    )
+    basic = "Basic " + base64.b64encode(b"alice:S3cr3t").decode()
+    assert seen == [("https://mirror.example/c.tar.gz?X-Amz-Signature=f00dcafe&v=1", basic)]
+
+
+@pytest.mark.filterwarnings("ignore:'odk.stages.download' found in sys.modules")
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://alice:S3cr3t@127.0.0.1:9/c.tar.gz",  # unreachable
+        "http://alice:S3cr3t@127.0.0.1:9/c.tar.gz",  # refused by the settings check
+        "https://alice:S3cr3t@host:port/c.tar.gz",  # a malformed URL
+    ],
+)
+def test_command_line_errors_redact_credentials(params_file, monkeypatch, capsys, url):
+    monkeypatch.chdir(params_file.parent)
+    monkeypatch.setattr("sys.argv", ["download", f"dataset.url={url}"])
+    with pytest.raises(SystemExit):
+        runpy.run_module("odk.stages.download", run_name="__main__")
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "S3cr3t" not in err and "alice" not in err and "***@" in err

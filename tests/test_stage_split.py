@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from odk.config import load_config
-from odk.errors import DataError
+from odk.errors import DataError, OdkError
 from odk.stages.download import download, read_raw
 from odk.stages.split import channel_stats, split, stratified_split
 from odk.synthetic import CIFAR10_CLASSES
@@ -200,3 +200,23 @@ def test_command_line_with_an_override(downloaded, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert (info.value.code, err.count("\n")) == (2, 1)
     assert err.startswith("error: model.r=3 is not allowed: r must divide")
+
+
+def test_a_concurrent_runs_temporary_folder_is_left_alone(downloaded, live_pid, dead_pid):
+    data = downloaded.parent / "data"
+    running, killed = data / f".splits.tmp-{live_pid}", data / f".splits.tmp-{dead_pid}"
+    for folder in (running, killed):
+        folder.mkdir()
+        (folder / "train_images.npy").write_bytes(b"being written")
+    _split(downloaded)
+    assert (running / "train_images.npy").read_bytes() == b"being written"
+    assert sorted(p.name for p in data.iterdir()) == sorted([running.name, "raw", "splits"])
+
+
+def test_a_splits_folder_the_stage_did_not_write_is_refused(downloaded):
+    splits = downloaded.parent / "data" / "splits"
+    splits.mkdir()
+    (splits / "notes.txt").write_text("mine")
+    with pytest.raises(OdkError, match=f"{splits} is not this stage's output"):
+        _split(downloaded)
+    assert [p.name for p in splits.iterdir()] == ["notes.txt"]

@@ -6,6 +6,7 @@ the last completed epoch and ends with the same metrics and weights as an uninte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -55,21 +56,22 @@ def _assert_same_run(a: Path, b: Path) -> None:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
 
 
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
 def test_rerun_is_bit_identical(split_repo: Path, reference: Path, tmp_path: Path):
     repo, env = copy_repo(split_repo, tmp_path)
     run([sys.executable, "-m", "odk.stages.train", "odk"], repo, env)
     _assert_same_run(reference, repo)
-    assert (_metrics(repo)["seed"], _metrics(repo)["split_seed"]) == (42, 42) and len(
-        _metrics(repo)["dataset_md5"]
-    ) == 32
+    # the file itself too (another PID wrote it): DVC sees the same md5, evaluate stays cached
+    assert _md5(repo / "models/odk/seed42.ckpt") == _md5(reference / "models/odk/seed42.ckpt")
+    assert (_metrics(repo)["seed"], _metrics(repo)["split_seed"]) == (42, 42) and len(_metrics(repo)["dataset_md5"]) == 32
     assert "torch" in _metrics(repo)["versions"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_killed_run_resumes_from_last_epoch(
-    split_repo: Path, reference: Path, tmp_path: Path, sig: signal.Signals
-):
-    repo, env = copy_repo(split_repo, tmp_path)
+def _kill_after_first_epoch(repo: Path, env: dict[str, str], sig: signal.Signals) -> Path:
+    """Start training, send `sig` once epoch 1 is checkpointed; return the checkpoint."""
     last = repo / ".odk_state/train_odk_seed42/last.ckpt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "odk.stages.train", "odk"],
@@ -86,6 +88,15 @@ def test_killed_run_resumes_from_last_epoch(
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0, err[-2000:]
+    return last
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_resumes_from_last_epoch(
+    split_repo: Path, reference: Path, tmp_path: Path, sig: signal.Signals
+):
+    repo, env = copy_repo(split_repo, tmp_path)
+    _kill_after_first_epoch(repo, env, sig)
     assert not (repo / "models/odk/seed42.ckpt").exists()  # nothing half-done published
     assert not (repo / "metrics/runs/odk/seed42/train.json").exists()
 
@@ -104,3 +115,69 @@ def test_changed_settings_do_not_resume_a_stale_run(split_repo: Path, tmp_path: 
     out = run([sys.executable, "-m", "odk.stages.train", "odk", "max_epochs=1"], repo, env)
     assert "Resuming" not in out.stderr
     assert json.loads((repo / "metrics/runs/odk/seed42/train.json").read_text())["epochs"] == 1
+
+
+def test_an_unreadable_resume_checkpoint_starts_the_run_over(
+    split_repo: Path, reference: Path, tmp_path: Path
+):
+    repo, env = copy_repo(split_repo, tmp_path)
+    last = _kill_after_first_epoch(repo, env, signal.SIGKILL)
+    last.write_bytes(last.read_bytes()[:1000])  # a disk error, a bad copy
+    rerun = run([sys.executable, "-m", "odk.stages.train", "odk"], repo, env)
+    warning = f"warning: cannot resume from {last.relative_to(repo)}: not a readable checkpoint"
+    line = next(line for line in rerun.stderr.splitlines() if line.startswith("warning: cannot"))
+    assert line.startswith(warning) and line.endswith("; training starts over")
+    assert "weights_only" not in line and "Resuming" not in rerun.stderr
+    _assert_same_run(reference, repo)  # started over: the uninterrupted run's result
+
+
+def test_a_killed_write_leaves_no_debris_after_the_next_run(
+    split_repo: Path, tmp_path: Path, dead_pid: int
+):
+    repo, env = copy_repo(split_repo, tmp_path)
+    debris = [
+        repo / f"models/odk/.seed42.{dead_pid}.tmp.ckpt",  # a model file half copied
+        repo / f"metrics/runs/odk/seed42/.train.{dead_pid}.tmp.json",
+        repo / f"plots/train/odk/.seed42.tmp-{dead_pid}/metrics.json",
+    ]
+    for path in debris:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    run([sys.executable, "-m", "odk.stages.train", "odk", "max_epochs=1"], repo, env)
+    folders = ("models/odk", "metrics/runs/odk/seed42", "plots/train/odk")
+    left = [p for folder in folders for p in (repo / folder).iterdir()]
+    assert sorted(p.name for p in left) == ["seed42", "seed42.ckpt", "train.json"]
+
+
+# The train stage, with copying into models/ failing as on a full disk.
+FULL_DISK = """
+import runpy, shutil
+copy = shutil.copyfile
+def copyfile(src, dst, *args, **kwargs):
+    if str(dst).startswith("models"):
+        raise OSError(28, "No space left on device", str(dst))
+    return copy(src, dst, *args, **kwargs)
+shutil.copyfile = copyfile
+runpy.run_module("odk.stages.train", run_name="__main__")
+"""
+
+
+def _outputs(repo: Path) -> dict[str, bytes]:
+    roots = [repo / "models", repo / "metrics", repo / "plots/train/odk"]
+    return {
+        str(p.relative_to(repo)): p.read_bytes() for r in roots for p in r.rglob("*") if p.is_file()
+    }
+
+
+def test_outputs_change_together_or_not_at_all(reference: Path, tmp_path: Path):
+    repo, env = copy_repo(reference, tmp_path)
+    before = _outputs(repo)
+    args = ["odk", "--seed", "42", "learning_rate=0.002", "max_epochs=1"]  # another model
+    failed = run([sys.executable, "-c", FULL_DISK, *args], repo, env, check=False)
+    assert failed.returncode != 0 and "No space left on device" in failed.stderr
+    assert _outputs(repo) == before  # not the new curves beside the old model and metrics
+    rerun = run([sys.executable, "-m", "odk.stages.train", *args], repo, env)
+    assert "Resuming" in rerun.stderr  # the finished run is published, not trained again
+    after = _outputs(repo)
+    assert after.keys() == before.keys()
+    assert all(after[k] != before[k] for k in ("models/odk/seed42.ckpt", "metrics/runs/odk/seed42/train.json"))

@@ -3,7 +3,8 @@
 `odk predict` classifies images, `odk export` writes a TorchScript or ONNX model without ODK
 machinery, `odk report` tabulates and plots every experiment. Each subcommand imports its
 module only when it runs. Exit status: 0 success, 1 some input files failed (predict),
-2 a usage error or an `OdkError` (printed as one `error: ...` line on stderr).
+2 a usage error, an `OdkError` or a file that cannot be read or written (printed as one
+`error: ...` line on stderr, credentials in URLs redacted).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from odk.errors import OdkError
+from odk.errors import OdkError, redact
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 DEFAULT_MODEL = "models/odk.ckpt"
@@ -107,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except OdkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # a file the checks could not foresee (permissions, full disk)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {redact(where + (exc.strerror or str(exc)))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

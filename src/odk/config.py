@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odk.errors import ConfigError, OdkError
+from odk.errors import ConfigError, OdkError, redact
+from odk.guards import require_settings
 
 DATASETS = ("cifar10", "cifar100")
 BASELINES = ("resnet18", "Resnet-18", "ResNet-18", "resnet34", "Resnet-34", "ResNet-34")
@@ -173,7 +174,9 @@ def load_config(overrides: Sequence[str] = (), params_path: str | Path = "params
         raise ConfigError(
             f"{path} not found: a params .yaml file is needed (run from the repo root)"
         )
-    return validate_config(_build(Config, _compose(path, list(overrides)), ""))
+    settings = _compose(path, list(overrides))
+    require_settings(settings, Config, path)  # no setting falls back on a built-in default
+    return validate_config(_build(Config, settings, ""))
 
 
 def validate_config(cfg: Config) -> Config:
@@ -184,7 +187,7 @@ def validate_config(cfg: Config) -> Config:
         for part in key.split("."):
             value = getattr(value, part)
         if not ok(value):
-            raise ConfigError(f"{key}={_show(value)} is not allowed; allowed: {allowed}")
+            raise ConfigError(f"{key}={redact(_show(value))} is not allowed; allowed: {allowed}")
     _check_widths(cfg.model)
     return cfg
 
@@ -216,7 +219,7 @@ def main_entry(
     try:
         stage(load_config(args, params_path))
     except OdkError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted: stopped before finishing; outputs left as they were", file=sys.stderr)

@@ -183,12 +183,21 @@ class CIFARDataModule(L.LightningDataModule):
         return DataLoader(data, self.batch_size, sampler=sampler, collate_fn=_as_batch)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        """Augment training batches, then normalize every batch, on the training device."""
+        """Augment training batches, then normalize every batch, on the training device.
+
+        The result has the dtype of the trainer's precision (float32, or bfloat16/float64
+        under `bf16-true`/`64-true`).
+        """
         images, labels = batch
         trainer = self.trainer
         if trainer is not None and trainer.training:
             images = augment(images, self._augment_generator(trainer))
-        return normalize(images, self.mean, self.std), labels
+        images = normalize(images, self.mean, self.std)
+        if trainer is not None:
+            # Lightning converts batches to a `*-true` precision's dtype (bf16-true, 64-true)
+            # before this hook, when they are still uint8: convert the float result the same way.
+            images = trainer.precision_plugin.convert_input(images)
+        return images, labels
 
     def _augment_generator(self, trainer: L.Trainer) -> torch.Generator:
         """A CPU generator seeded from (seed, epoch, batch index, rank).

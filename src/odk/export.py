@@ -4,12 +4,14 @@ Every ODK conv is merged into the plain `nn.Conv2d` it computes (`merge_odk_conv
 exported graph holds constant conv weights and no orthogonal map. The normalization stored in
 the model file is baked in: the exported model takes RGB pixels in [0, 1], shape
 (B, 3, 32, 32), and returns logits (B, num_classes). The file is checked before it replaces
-the destination: outputs within `atol` of the checkpoint's, every conv weight a constant.
+the destination: outputs within `atol` of the checkpoint's, every conv weight a constant. An
+output path that is the model file, a folder, or cannot be written is refused in one line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +65,8 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise OdkError(f"export format {fmt!r} is not allowed; allowed: {', '.join(FORMATS)}")
+    out = Path(out)
+    check_output(out, Path(model_path))  # before the slow part: loading, merging, exporting
     model, meta = load_model(model_path)
     merged_convs = sum(isinstance(m, ODKConv2d) for m in model.modules())
     reference = Normalized(model, meta["mean"], meta["std"]).eval()
@@ -72,15 +76,17 @@ def export_model(
         raise OdkError(f"merging left ODK modules in the model: {', '.join(leftover)}")
     info = {"classes": list(meta["classes"]), "arch": meta["arch"], "input": _INPUT_DOC}
 
-    out = Path(out)
-    with atomic_file(out) as tmp:
-        run = _write_torchscript if fmt == "torchscript" else _write_onnx
-        run_exported = run(plain, tmp, info)
-        diff = _max_abs_diff(reference, run_exported, seed)
-        if not diff <= atol:  # also catches NaN
-            raise OdkError(
-                f"exported {fmt} model differs from {model_path} by {diff:.3g} (allowed {atol})"
-            )
+    try:
+        with atomic_file(out) as tmp:
+            run = _write_torchscript if fmt == "torchscript" else _write_onnx
+            run_exported = run(plain, tmp, info)
+            diff = _max_abs_diff(reference, run_exported, seed)
+            if not diff <= atol:  # also catches NaN
+                raise OdkError(
+                    f"exported {fmt} model differs from {model_path} by {diff:.3g} (allowed {atol})"
+                )
+    except OSError as exc:  # a read-only or special file system, a full disk
+        raise OdkError(f"cannot write {out}: {exc.strerror or exc}") from None
     return {
         "path": str(out),
         "format": fmt,
@@ -88,6 +94,29 @@ def export_model(
         "max_abs_diff": diff,
         "bytes": out.stat().st_size,
     }
+
+
+def check_output(out: Path, model_path: Path) -> None:
+    """Refuse an output path that cannot take the export; create its missing folders.
+
+    Raises:
+        OdkError: `out` is the model file itself, a folder, or lies under a file or where
+            folders cannot be created.
+    """
+    if out.exists() and model_path.exists() and os.path.samefile(out, model_path):
+        raise OdkError(f"-o {out} is the model file itself (--model); choose another file")
+    if out.is_dir():
+        raise OdkError(f"-o {out} is a folder; give a file name, e.g. {out / 'model.onnx'}")
+    above = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+    if above is not None and not above.is_dir():
+        raise OdkError(f"cannot write {out}: {above} is a file, not a folder")
+    probe = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # atomic_file's name
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise OdkError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 def _is_odk(module: nn.Module) -> bool:

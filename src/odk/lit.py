@@ -68,7 +68,7 @@ class LitClassifier(pl.LightningModule):
                 "or use trainer.precision=32-true"
             )
         self.train_acc(logits, labels)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 

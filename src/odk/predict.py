@@ -1,8 +1,9 @@
 """`odk predict`: classify image files and folders with a trained model file.
 
 Images of any size and mode are converted to RGB and resized to the 32x32 the network was
-trained on, normalized with the mean/std stored in the model file, and sent through the model
-in batches. A file that cannot be read becomes a per-file error; the others go on.
+trained on (large ones decoded reduced and shrunk in strips, so memory stays bounded),
+normalized with the mean/std stored in the model file, and sent through the model in batches.
+A file that cannot be read becomes a per-file error; the others go on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 from torch import nn
 
 from odk.data import normalize
@@ -76,22 +77,59 @@ def read_image(path: str | Path, size: int = IMAGE_SIZE) -> torch.Tensor:
 
     EXIF rotation is applied, transparency is composited onto white, 16-bit grayscale is scaled
     to 8 bits, and the image is resized (antialiased) to `size` x `size` without keeping its
-    aspect ratio, as CIFAR images are square.
+    aspect ratio, as CIFAR images are square. A large image is decoded reduced where the
+    format allows (JPEG at 1/2 to 1/8 scale) and shrunk strip by strip before any conversion,
+    so memory stays near the size of the decoded file, not several copies of it.
 
     Raises:
         OSError, ValueError: The file is not a readable PNG/JPEG/... image.
     """
     with Image.open(path) as img:
+        img.draft(img.mode, (_WORKING * size, _WORKING * size))  # JPEG: fewer pixels decoded
         img.load()  # decode now, so a truncated file fails here and not later
-        img = ImageOps.exif_transpose(img)
-        if img.mode.startswith("I"):  # 16-bit grayscale PNG: convert("RGB") would clip at 255
-            img = Image.fromarray((np.asarray(img) / 257).round().clip(0, 255).astype(np.uint8))
-        if img.mode in ("RGBA", "LA", "P", "PA"):
-            rgba = img.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.getchannel("A"))
-        img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        turn = _EXIF_TURNS.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+        small = _shrink(img, size)
+    small = small.transpose(turn) if turn is not None else small
+    small = small.resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(small, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+_WORKING = 4  # reduce large images to >= 4x the target size, then resize (antialiased)
+_STRIP_BYTES = 8 * 2**20  # rows of the source converted at once
+_EXIF_TURNS = {  # EXIF orientation -> the transpose that shows the image upright (ImageOps')
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _shrink(img: Image.Image, size: int) -> Image.Image:
+    """`img` as RGB, box-reduced by an integer factor to no less than `_WORKING * size`."""
+    width, height = img.size
+    factor = min(width, height) // (_WORKING * size)
+    if factor < 2:
+        return _to_rgb(img)
+    rows = max(1, _STRIP_BYTES // (width * 4 * factor)) * factor  # a multiple of the factor
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        strip = _to_rgb(img.crop((0, top, width, min(height, top + rows))))
+        out.paste(strip.reduce(factor), (0, top // factor))
+    return out
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB pixels: 16-bit grayscale scaled to 8 bits, transparency composited onto white."""
+    if img.mode.startswith("I"):  # 16-bit grayscale PNG: convert("RGB") would clip at 255
+        img = Image.fromarray((np.asarray(img) / 257).round().clip(0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    return img.convert("RGB")
 
 
 @torch.inference_mode()

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from odk.atomic import atomic_dir
+from odk.atomic import atomic_dir, check_owned
 from odk.config import Config, main_entry
 from odk.errors import DataError
 from odk.stages.download import read_raw
 
 SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"  # the splits folder's marker
 
 
 def split(cfg: Config) -> dict[str, Any]:
@@ -32,6 +33,7 @@ def split(cfg: Config) -> dict[str, Any]:
         The manifest written to `splits/manifest.json`.
     """
     data_dir, dm = Path(cfg.data_module.data_dir), cfg.data_module
+    check_owned(data_dir / "splits", MANIFEST)  # a folder of the user's is not replaced
     md5 = _check_source(data_dir / "raw", cfg.dataset.name, cfg.dataset.md5.lower())
     raw = read_raw(data_dir / "raw", cfg.dataset.name)
     train, val = stratified_split(raw.train_labels, dm.subset_fraction, dm.valid_size, cfg.seed)
@@ -58,11 +60,11 @@ def split(cfg: Config) -> dict[str, Any]:
         "std": std,
     }
     label_type = np.uint8 if num_classes <= 256 else np.int64
-    with atomic_dir(data_dir / "splits") as tmp:
+    with atomic_dir(data_dir / "splits", marker=MANIFEST) as tmp:
         for name, (images, labels) in arrays.items():
             np.save(tmp / f"{name}_images.npy", np.ascontiguousarray(images))
             np.save(tmp / f"{name}_labels.npy", labels.astype(label_type))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     sizes = "/".join(str(n) for n in manifest["sizes"].values())
     print(f"split: {sizes} train/val/test images of {num_classes} classes in {data_dir / 'splits'}")
     return manifest

@@ -27,13 +27,15 @@ from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from odk.atomic import atomic_dir, atomic_file, write_json
+from odk.atomic import atomic_outputs
 from odk.checkpoint import atomic_torch_save, save_model
 from odk.config import Config, config_to_dict
 from odk.data import CIFARDataModule, read_manifest
 from odk.errors import OdkError
+from odk.guards import check_trainer
 from odk.matched import matched_widths
 from odk.models import count_parameters, parameter_report
+from odk.resume import resume_point
 from odk.runinfo import provenance
 from odk.stages import KINDS, Run, kind_main
 
@@ -137,13 +139,7 @@ def _fingerprint(run: Run, cfg: Config, manifest: dict[str, Any]) -> str:
 
 def _prepare_state(state_dir: Path, fingerprint: str) -> Path | None:
     """Return the checkpoint to resume from, or None after clearing a stale state folder."""
-    marker, last = state_dir / "fingerprint", state_dir / "last.ckpt"
-    if last.is_file() and marker.is_file() and marker.read_text() == fingerprint:
-        return last
-    shutil.rmtree(state_dir, ignore_errors=True)
-    state_dir.mkdir(parents=True)
-    marker.write_text(fingerprint)
-    return None
+    return resume_point(state_dir, fingerprint)  # an unreadable checkpoint: start over
 
 
 def train(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
@@ -154,6 +150,7 @@ def train(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
     """
     if kind not in KINDS:
         raise OdkError(f"model kind {kind!r} is not allowed; allowed: {', '.join(KINDS)}")
+    check_trainer(cfg.trainer)  # devices, accelerator, strategy, precision: can they run here?
     run = Run(kind, seed)
     dm = CIFARDataModule(
         cfg.data_module.data_dir, cfg.data_module.batch_size, cfg.data_module.num_workers, seed
@@ -191,6 +188,8 @@ def train(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
                 f"run the stage again to resume from {state_dir / 'last.ckpt'}"
             ) from None
         raise
+    if not trainer.is_global_zero:
+        return {}  # under DDP, rank 0 alone writes the outputs
     if recorder.best_epoch < 0:
         raise OdkError("training produced no validation accuracy (is the validation set empty?)")
     return _write_outputs(cfg, run, lit, recorder, state_dir, manifest)
@@ -259,11 +258,10 @@ def _write_outputs(
     }
     live_dir = state_dir / "dvclive"
     (live_dir / "parameter_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_dir(run.train_plots) as tmp:
-        shutil.copytree(live_dir, tmp, dirs_exist_ok=True)
-    with atomic_file(run.model) as tmp:
-        shutil.copyfile(recorder.path, tmp)
-    write_json(run.train_record, metrics)
+    with atomic_outputs() as out:  # all written first, then renamed one after the other
+        shutil.copyfile(recorder.path, out.file(run.model))
+        shutil.copytree(live_dir, out.dir(run.train_plots), dirs_exist_ok=True)
+        out.json(run.train_record, metrics)
     shutil.rmtree(state_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         STATE_ROOT.rmdir()  # only if no other run's state is left in it
