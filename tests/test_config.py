@@ -234,8 +234,8 @@ def test_missing_params_file(tmp_path, name):
         ("# nothing but a comment\n", "params.yaml holds no settings"),
         (
             "seed: 7\n",
-            "params.yaml lacks dataset, data_module, learning_rate, max_epochs, baseline_name, "
-            "model and 3 more: every setting must be in the file",
+            "params.yaml lacks seeds, dataset, data_module, learning_rate, max_epochs, "
+            "baseline_name and 4 more: every setting must be in the file",
         ),
         (PARAMS.read_text().replace("  r: 1 ", "  # r: 1 "), "params.yaml lacks model.r: every"),
     ],

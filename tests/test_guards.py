@@ -81,7 +81,7 @@ def test_the_train_stage_checks_before_reading_any_data(params_file, monkeypatch
     monkeypatch.setattr("odk.guards.cpu_count", lambda: 1)
     cfg = load_config(["trainer.accelerator=cpu", "trainer.devices=2"], params_file)
     with pytest.raises(ConfigError, match="asks for 2 training processes on the CPU, but this"):
-        train(cfg, "odk")
+        train(cfg, "odk", 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
 
 

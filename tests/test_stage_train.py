@@ -66,7 +66,9 @@ def test_rerun_is_bit_identical(split_repo: Path, reference: Path, tmp_path: Pat
     _assert_same_run(reference, repo)
     # the file itself too (another PID wrote it): DVC sees the same md5, evaluate stays cached
     assert _md5(repo / "models/odk/seed42.ckpt") == _md5(reference / "models/odk/seed42.ckpt")
-    assert (_metrics(repo)["seed"], _metrics(repo)["split_seed"]) == (42, 42) and len(_metrics(repo)["dataset_md5"]) == 32
+    assert (_metrics(repo)["seed"], _metrics(repo)["split_seed"]) == (42, 42) and len(
+        _metrics(repo)["dataset_md5"]
+    ) == 32
     assert "torch" in _metrics(repo)["versions"]
 
 
@@ -180,4 +182,7 @@ def test_outputs_change_together_or_not_at_all(reference: Path, tmp_path: Path):
     assert "Resuming" in rerun.stderr  # the finished run is published, not trained again
     after = _outputs(repo)
     assert after.keys() == before.keys()
-    assert all(after[k] != before[k] for k in ("models/odk/seed42.ckpt", "metrics/runs/odk/seed42/train.json"))
+    assert all(
+        after[k] != before[k]
+        for k in ("models/odk/seed42.ckpt", "metrics/runs/odk/seed42/train.json")
+    )
