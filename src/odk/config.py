@@ -229,7 +229,7 @@ def main_entry(
 def _usage(stage: Callable[[Config], object], params_path: str | Path) -> str:
     module = stage.__module__
     if module == "__main__":  # `python -m odk.stages.x`: the real name is on the module's spec
-        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        spec = getattr(stage, "__globals__", {}).get("__spec__")
         module = spec.name if spec is not None else stage.__name__
     summary = (stage.__doc__ or "").strip().split("\n\n")[0]
     return (

@@ -8,17 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # no display on CI or training servers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from odk.atomic import atomic_file
 
-from odk.atomic import atomic_file  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 FPR_GRID = np.linspace(0.0, 1.0, 201)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display on CI or training servers).
+
+    Imported on first use: `compare --help` and the record-only functions need none of it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def pooled_confusion(predictions: Sequence[np.ndarray], classes: Sequence[str]) -> list[dict]:
@@ -71,6 +83,8 @@ def mean_roc_records(rocs: dict[str, list[list[dict]]]) -> list[dict]:
 
 def per_class_roc(labels: np.ndarray, probs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """One-vs-rest ROC curve `(fpr, tpr)` of every class (absent classes give empty arrays)."""
+    from sklearn.metrics import roc_curve  # heavy: imported by the one stage that needs it
+
     curves = []
     for c in range(probs.shape[1]):
         positives = labels == c
@@ -97,7 +111,7 @@ def save_roc_png(
     path: Path, curves: list[tuple[np.ndarray, np.ndarray]], classes: Sequence[str], title: str
 ) -> None:
     """All one-vs-rest ROC curves in one figure (legend only for up to 20 classes)."""
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = pyplot().subplots(figsize=(6, 6))
     for (fpr, tpr), name in zip(curves, classes, strict=True):
         if fpr.size:
             ax.plot(fpr, tpr, lw=1, label=name)
@@ -123,7 +137,7 @@ def save_prediction_grid(
         images: uint8 array of shape (N, 3, 32, 32).
     """
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    fig, axes = pyplot().subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label, pred in zip(axes.flat, images, labels, preds, strict=False):
@@ -149,7 +163,7 @@ def save_band_png(
     title: str,
 ) -> None:
     """Per model, the mean curve over seeds and a band from the lowest to the highest seed."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4))
     for name, runs in curves.items():
         epochs, mean = _mean_curve(runs)
         tables = [dict(zip(e, v, strict=True)) for e, v in runs]
@@ -172,4 +186,4 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = 110) -> None:
         with atomic_file(path) as tmp:
             fig.savefig(tmp, dpi=dpi)
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
