@@ -171,7 +171,6 @@ def test_bad_override_stops_with_one_line(override, expected):
         ("trainer.precision", "half", "trainer.precision=half is not allowed"),
         ("trainer.limit_train_batches", 0, "allowed: a fraction in (0, 1.0] or a number of"),
         ("trainer.limit_val_batches", 1.5, "trainer.limit_val_batches=1.5 is not allowed"),
-        ("trainer.log_every_n_steps", 0, "trainer.log_every_n_steps=0 is not allowed"),
         ("compare.max_accuracy_drop", 1.0, "allowed: a number in [0, 1)"),
         ("compare.max_accuracy_drop", -0.1, "compare.max_accuracy_drop=-0.1 is not allowed"),
     ],

@@ -75,7 +75,6 @@ class TrainerConfig:
     precision: int | str = "32-true"
     limit_train_batches: int | float = 1.0
     limit_val_batches: int | float = 1.0
-    log_every_n_steps: int = 50
 
 
 @dataclass
@@ -154,7 +153,6 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.precision", lambda v: str(v) in PRECISIONS, ", ".join(PRECISIONS)),
     ("trainer.limit_train_batches", _is_limit, _LIMIT),
     ("trainer.limit_val_batches", _is_limit, _LIMIT),
-    ("trainer.log_every_n_steps", lambda v: v >= 1, "an integer >= 1"),
     ("compare.max_accuracy_drop", lambda v: 0 <= v < 1, "a number in [0, 1)"),
 ]
 

@@ -17,13 +17,11 @@ import json
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -38,10 +36,25 @@ from odk.models import count_parameters, parameter_report
 from odk.resume import resume_point
 from odk.runinfo import provenance
 from odk.stages import KINDS, Run, kind_main
+from odk.trainlog import EpochLogger, EpochProgressBar, quiet_lightning
 
 STATE_ROOT = Path(".odk_state")
-# The DataModule serves batches from memory; worker processes would only slow it down.
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# The settings a training run reads: the `params` of its dvc.yaml stage (a test keeps them in
+# step) and what its resume fingerprint holds. Only the ODK model and its control read `model`.
+SETTINGS = (
+    "learning_rate",
+    "max_epochs",
+    "baseline_name",
+    "scheduler",
+    "trainer",
+    "data_module.data_dir",
+    "data_module.batch_size",
+)
+
+
+def stage_settings(kind: str) -> tuple[str, ...]:
+    """The settings (dotted keys or whole sections) that the `kind` model's training reads."""
+    return SETTINGS if kind == "baseline" else (*SETTINGS, "model")
 
 
 def model_arch(cfg: Config, kind: str, num_classes: int) -> dict[str, Any]:
@@ -57,22 +70,6 @@ def model_arch(cfg: Config, kind: str, num_classes: int) -> dict[str, Any]:
     return arch
 
 
-class EpochLogger(DVCLiveLogger):
-    """DVCLive with the epoch (1, 2, ...) as the step of every value, train and validation.
-
-    Lightning passes its optimizer-step count as the step: with few batches per epoch a curve
-    then repeats or skips steps. Lightning also adds the 0-based `epoch` to every logged dict,
-    which is taken here instead.
-    """
-
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None, sync: bool = False):
-        metrics = dict(metrics)
-        epoch = metrics.pop("epoch", None)
-        if epoch is not None:
-            step = int(epoch) + 1
-        super().log_metrics(metrics, step, sync)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written to a temporary file and renamed: SIGKILL-safe."""
 
@@ -83,8 +80,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunRecorder(Callback):
     """Saves the best-by-validation-accuracy model file and sums the training time.
 
-    Its state travels in Lightning's checkpoint, so a resumed run keeps the best epoch and
-    the time already spent.
+    `best_epoch` counts from 1, like the learning curves. Its state travels in Lightning's
+    checkpoint, so a resumed run keeps the best epoch and the time already spent.
     """
 
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
@@ -102,7 +99,7 @@ class RunRecorder(Callback):
         acc = trainer.callback_metrics.get("val/acc")
         if acc is None or float(acc) <= self.best_acc:
             return
-        self.best_acc, self.best_epoch = float(acc), trainer.current_epoch
+        self.best_acc, self.best_epoch = float(acc), trainer.current_epoch + 1
         if trainer.is_global_zero:
             extra = {"epoch": self.best_epoch, "val_acc": self.best_acc}
             save_model(self.path, pl_module.model, extra=extra, **self.meta)
@@ -121,17 +118,13 @@ class RunRecorder(Callback):
 
 
 def _fingerprint(run: Run, cfg: Config, manifest: dict[str, Any]) -> str:
-    """What a resumable run depends on; any change starts the run over."""
-    keys = (
-        "learning_rate",
-        "max_epochs",
-        "baseline_name",
-        "model",
-        "scheduler",
-        "trainer",
-        "data_module",
-    )
-    settings = {key: config_to_dict(cfg)[key] for key in keys}
+    """What a resumable run depends on: its settings and its data; any change starts over."""
+    settings, every = {}, config_to_dict(cfg)
+    for key in stage_settings(run.kind):
+        value: Any = every
+        for part in key.split("."):
+            value = value[part]
+        settings[key] = value
     identity = {"kind": run.kind, "seed": run.seed, "settings": settings, "manifest": manifest}
     blob = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -150,11 +143,11 @@ def train(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
     """
     if kind not in KINDS:
         raise OdkError(f"model kind {kind!r} is not allowed; allowed: {', '.join(KINDS)}")
+    quiet_lightning()
     check_trainer(cfg.trainer)  # devices, accelerator, strategy, precision: can they run here?
     run = Run(kind, seed)
-    dm = CIFARDataModule(
-        cfg.data_module.data_dir, cfg.data_module.batch_size, cfg.data_module.num_workers, seed
-    )
+    # data_module.num_workers is not passed: batches come from memory (odk.data), no workers
+    dm = CIFARDataModule(cfg.data_module.data_dir, cfg.data_module.batch_size, seed=seed)
     manifest = read_manifest(dm.split_dir)
     arch = model_arch(cfg, kind, len(manifest["classes"]))
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -177,6 +170,8 @@ def train(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
         report=None,
     )
     trainer = _build_trainer(cfg, state_dir, [recorder], logger)
+    if trainer.is_global_zero:
+        print(f"train: {run.name}: {_describe(lit, arch, manifest, trainer)}", flush=True)
     if resume_from is not None:
         print(f"Resuming {run.name} training from {resume_from}", file=sys.stderr)
     try:
@@ -192,7 +187,37 @@ def train(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
         return {}  # under DDP, rank 0 alone writes the outputs
     if recorder.best_epoch < 0:
         raise OdkError("training produced no validation accuracy (is the validation set empty?)")
-    return _write_outputs(cfg, run, lit, recorder, state_dir, manifest)
+    metrics = _write_outputs(cfg, run, lit, recorder, state_dir, manifest)
+    print(
+        f"train: {run.name} done in {recorder.train_seconds:.1f} s: best validation accuracy "
+        f"{recorder.best_acc:.4f} at epoch {recorder.best_epoch} of {cfg.max_epochs} -> {run.model}"
+    )
+    return metrics
+
+
+def _describe(
+    lit: pl.LightningModule, arch: dict[str, Any], manifest: dict[str, Any], trainer: pl.Trainer
+) -> str:
+    """What is about to train, on what, for how long: the stage's first line."""
+    net = arch["baseline_name"]
+    if arch["odk_layers"]:
+        net += (
+            f" with ODK convs in stages {arch['odk_layers']} "
+            f"(m={arch['num_matrices']}, r={arch['r']})"
+        )
+    elif "widths" in arch:
+        net = f"dense {net} thinned to stage widths {arch['widths']}"
+    else:
+        net = f"dense {net}"
+    sizes = manifest["sizes"]
+    epochs = trainer.max_epochs
+    device = trainer.strategy.root_device.type
+    where = f"{trainer.num_devices} {device} device{'s' if trainer.num_devices > 1 else ''}"
+    return (
+        f"{net}, {count_parameters(lit.model):,} trainable parameters; {sizes['train']:,} "
+        f"training and {sizes['val']:,} validation images; {epochs} epoch"
+        f"{'s' if epochs != 1 else ''} on {where}"
+    )
 
 
 def _build_lit(cfg: Config, arch: dict[str, Any]) -> pl.LightningModule:
@@ -202,7 +227,7 @@ def _build_lit(cfg: Config, arch: dict[str, Any]) -> pl.LightningModule:
 
 
 def _build_trainer(
-    cfg: Config, state_dir: Path, callbacks: list[Callback], logger: DVCLiveLogger
+    cfg: Config, state_dir: Path, callbacks: list[Callback], logger: EpochLogger
 ) -> pl.Trainer:
     t = cfg.trainer
     # Bit-for-bit reruns on the CPU; on GPUs deterministic kernels would cost speed.
@@ -215,8 +240,11 @@ def _build_trainer(
         max_epochs=cfg.max_epochs,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
-        log_every_n_steps=t.log_every_n_steps,
-        callbacks=[*callbacks, _EveryEpoch(state_dir / "last.ckpt")],
+        # Metrics are logged per epoch only (odk.lit); 1 keeps Lightning from warning that
+        # an epoch is shorter than its logging interval.
+        log_every_n_steps=1,
+        callbacks=[*callbacks, _EveryEpoch(state_dir / "last.ckpt"), EpochProgressBar()],
+        enable_model_summary=False,  # the stage's first line gives the parameter count
         logger=logger,
         plugins=[AtomicCheckpointIO()],
         deterministic=cpu,
@@ -234,7 +262,7 @@ class _EveryEpoch(Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # with the optimizer state
 
 
 def _write_outputs(
