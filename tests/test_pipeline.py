@@ -53,6 +53,8 @@ def test_every_model_runs_once_per_seed(pipeline_repo):
             assert (train["seed"], test["seed"], test["split_seed"]) == (seed, seed, 42)
             assert len(test["dataset_md5"]) == 32 and "torch" in test["versions"]
             assert train["training_time_s"] > 0 and train["best_epoch"] == 1  # as on the curves
+            timing = test["inference"]["conditions"]
+            assert timing["threads"] >= 1 and timing["timed_passes"] == 5
             per_class = load(repo, f"{record}/per_class.json")
             assert len(per_class) == 10 and {"precision", "recall", "f1"} <= set(per_class["cat"])
             predictions = np.load(repo / record / "predictions.npy")

@@ -8,7 +8,8 @@ Reads every run of the three models (baseline, ODK, parameter-matched control) f
   stage widths);
 - `metrics/compare.json`: the answer: `accuracy_delta` (ODK minus baseline, mean over seeds),
   its 95% confidence interval and `verdict` (`odk.stats`), the same against the matched control,
-  parameter ratios and `within_tolerance`;
+  parameter ratios and `within_tolerance`; `inference_speed_ratio` only when every run of both
+  models was timed under the same conditions (`odk.speed`);
 - `metrics/compare.md` (the verdict in one sentence, and a table), `metrics/compare.csv`;
 - `plots/compare/`: learning curves and ROC curves averaged over seeds, confusion records pooled
   over seeds, and a PNG of validation accuracy per epoch (mean and range over seeds).
@@ -90,6 +91,27 @@ def read_dvclive_curve(live_dir: Path, metric: str) -> tuple[list[int], list[flo
     return [int(s) for s in values["step"]], [float(v) for v in values[name]]
 
 
+def speed_not_comparable(runs: dict[str, list[Run]]) -> str | None:
+    """Why the baseline's and the ODK model's inference speeds cannot be divided, or None."""
+    timed = {
+        f"{run.name}": read_json(run.test_record).get("inference", {}).get("conditions")
+        for kind in ("baseline", "odk")
+        for run in runs[kind]
+    }
+    untimed = [name for name, conditions in timed.items() if conditions is None]
+    if untimed:
+        return f"{', '.join(untimed)} recorded no timing conditions (rerun evaluate)"
+    first_name, first = next(iter(timed.items()))
+    for name, conditions in timed.items():
+        differ = sorted(
+            k for k in first.keys() | conditions.keys() if first.get(k) != conditions.get(k)
+        )
+        if differ:
+            shown = ", ".join(f"{k} {first.get(k)} vs {conditions.get(k)}" for k in differ)
+            return f"{first_name} and {name} were timed under different conditions ({shown})"
+    return None
+
+
 def read_predictions(run: Run) -> np.ndarray:
     """The `(N, 2)` true and predicted class of every test image of one run."""
     path = run.record_dir / "predictions.npy"
@@ -150,9 +172,6 @@ def summarize(
         "matched_params_ratio": round(matched["trainable_params"] / odk["trainable_params"], 6),
         "f1_delta": round(odk["test_f1_macro"] - base["test_f1_macro"], 6),
         "model_file_ratio": round(odk["model_file_bytes"] / base["model_file_bytes"], 6),
-        "inference_speed_ratio": round(
-            odk["inference_images_per_s"] / base["inference_images_per_s"], 4
-        ),
     }
 
 
@@ -201,6 +220,12 @@ def compare(cfg: Config) -> dict[str, Any]:
                 )
     correct = {k: np.stack([p[:, 1] == p[:, 0] for p in predictions[k]]) for k in KINDS}
     summary = summarize(models, correct, seeds, cfg)
+    why = speed_not_comparable(runs)
+    if why is None:
+        speeds = (models[kind]["inference_images_per_s"] for kind in ("odk", "baseline"))
+        summary["inference_speed_ratio"] = round(next(speeds) / next(speeds), 4)
+    else:
+        print(f"compare: no inference_speed_ratio in metrics/compare.json: {why}")
     table = compare_table(models)
     sentence = verdict_sentence(summary, models)
     text = (

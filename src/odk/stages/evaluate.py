@@ -6,12 +6,12 @@ accuracy, ROC-AUC, macro F1, loss, parameters, throughput, model-file size, the 
 error of ODK layers), `per_class.json`, `predictions.npy` (true and predicted class of every
 test image, for the paired confidence intervals of `compare`) and `roc.json` (the macro-average
 ROC curve); and in `plots/eval/<kind>/seed<N>/` PNGs of the per-class ROC curves and of
-labelled test images.
+labelled test images. The inference speed is timed apart from the scoring, under recorded
+conditions (`odk.speed`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from odk.errors import OdkError
 from odk.models import count_parameters, orthogonality_error
 from odk.plots import macro_roc_records, per_class_roc, save_prediction_grid, save_roc_png
 from odk.runinfo import provenance
+from odk.speed import measure_inference
 from odk.stages import KINDS, Run, kind_main
 
 GRID_IMAGES = 40
@@ -52,21 +53,14 @@ def predict_logits(
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device,
-) -> tuple[torch.Tensor, float]:
-    """Logits of every image, and the throughput in images per second (warm-up excluded)."""
+) -> torch.Tensor:
+    """Logits of every image, `(N, num_classes)`, in float32 on the CPU."""
     model = model.to(device).eval()
     batches = images.split(EVAL_BATCH)
-    model(normalize(batches[0][:8].to(device), mean, std))  # warm-up: caches, kernels
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
     out = [
         model(normalize(b.to(device, non_blocking=True), mean, std)).float().cpu() for b in batches
     ]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return torch.cat(out), len(images) / max(seconds, 1e-9)
+    return torch.cat(out)
 
 
 def classification_metrics(
@@ -121,7 +115,10 @@ def evaluate(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
         raise OdkError(f"{model_path} was trained on other classes than {split_dir} holds")
     images, labels_t = load_split(split_dir, "test")
     device = pick_device(cfg.trainer.accelerator)
-    logits, throughput = predict_logits(model, images, meta["mean"], meta["std"], device)
+    logits = predict_logits(model, images, meta["mean"], meta["std"], device)
+    speed = measure_inference(
+        model, images, lambda b: normalize(b, meta["mean"], meta["std"]), device
+    )
 
     labels = labels_t.numpy()
     probs = torch.softmax(logits.double(), dim=1).numpy()
@@ -131,8 +128,8 @@ def evaluate(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
         "test_loss": float(F.cross_entropy(logits, labels_t.long())),
         "trainable_params": count_parameters(model),
         "model_file_bytes": model_path.stat().st_size,
-        "inference_images_per_s": round(throughput, 1),
-        "inference_device": device.type,
+        "inference_images_per_s": speed["images_per_s"],
+        "inference": {k: v for k, v in speed.items() if k != "images_per_s"},
         "best_epoch": meta["extra"].get("epoch"),
         "orthogonality_error": ortho,
         "dataset": manifest["dataset"],
@@ -146,6 +143,12 @@ def evaluate(cfg: Config, kind: str, seed: int) -> dict[str, Any]:
     write_json(run.record_dir / "per_class.json", per_class)
     _write_pngs(run, images.numpy(), labels, preds, curves, classes)
     write_json(run.test_record, metrics)
+    print(
+        f"evaluate: {run.name}: test accuracy {metrics['test_accuracy']:.4f}, ROC-AUC "
+        f"{metrics['test_roc_auc']:.4f} on {len(labels):,} images; {speed['images_per_s']:,} "
+        f"images/s ({device.type}, {speed['conditions']['threads']} threads, median of "
+        f"{speed['conditions']['timed_passes']} passes) -> {run.test_record}"
+    )
     return metrics
 
 
