@@ -25,6 +25,7 @@ COPIED = (
     "params.yaml",
     "pyproject.toml",
     ".dvc/config",
+    ".dvc/plots",
     ".dvcignore",
     ".gitignore",
 )

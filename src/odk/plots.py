@@ -33,14 +33,24 @@ def pyplot() -> Any:
     return plt
 
 
-def pooled_confusion(predictions: Sequence[np.ndarray], classes: Sequence[str]) -> list[dict]:
-    """One `{actual, predicted}` record per test image and seed, for DVC's `confusion` template.
+def confusion_records(predictions: Sequence[np.ndarray], classes: Sequence[str]) -> list[dict]:
+    """`{actual, predicted, images}` for every pair of classes, pooled over seeds.
+
+    Every cell is a record, zeros included, so the matrix that the `confusion_counts` template
+    (`.dvc/plots/`) draws is square over every class, even one that is never predicted.
 
     Args:
         predictions: one `(N, 2)` array of true and predicted classes per seed.
+        classes: the class names, in label order.
     """
-    pairs = np.concatenate(list(predictions))
-    return [{"actual": classes[a], "predicted": classes[p]} for a, p in pairs.tolist()]
+    n = len(classes)
+    pairs = np.concatenate(list(predictions)).astype(np.int64)
+    counts = np.bincount(pairs[:, 0] * n + pairs[:, 1], minlength=n * n).reshape(n, n)
+    return [
+        {"actual": classes[a], "predicted": classes[p], "images": int(counts[a, p])}
+        for a in range(n)
+        for p in range(n)
+    ]
 
 
 def curve_records(curves: dict[str, list[tuple[Sequence[int], Sequence[float]]]]) -> list[dict]:
@@ -162,7 +172,13 @@ def save_band_png(
     ylabel: str,
     title: str,
 ) -> None:
-    """Per model, the mean curve over seeds and a band from the lowest to the highest seed."""
+    """Per model, the mean curve over seeds and a band from the lowest to the highest seed.
+
+    Args:
+        curves: per model, one `(epochs, values)` curve per seed; x is the epoch (1, 2, ...).
+    """
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = pyplot().subplots(figsize=(6.5, 4))
     for name, runs in curves.items():
         epochs, mean = _mean_curve(runs)
@@ -174,6 +190,7 @@ def save_band_png(
                 epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.15
             )
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs 1, 2, ...: no 1.5
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, path)

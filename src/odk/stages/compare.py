@@ -5,7 +5,8 @@ Reads every run of the three models (baseline, ODK, parameter-matched control) f
 
 - `metrics/{baseline,odk,matched}.json`: each model's metrics, means over the seeds (plus the
   standard deviation of test accuracy, the ODK layers' orthogonality error, the control's
-  stage widths);
+  stage widths); the diagnostics of `TABLE_ONLY` are left to the table, so that
+  `dvc exp show --only-changed` stays readable;
 - `metrics/compare.json`: the answer: `accuracy_delta` (ODK minus baseline, mean over seeds),
   its 95% confidence interval and `verdict` (`odk.stats`), the same against the matched control,
   parameter ratios and `within_tolerance`; `inference_speed_ratio` only when every run of both
@@ -27,7 +28,7 @@ import pandas as pd
 from odk.atomic import write_json, write_text
 from odk.config import Config, main_entry
 from odk.errors import OdkError
-from odk.plots import curve_records, mean_roc_records, pooled_confusion, save_band_png
+from odk.plots import confusion_records, curve_records, mean_roc_records, save_band_png
 from odk.stages import KINDS, Run
 from odk.stats import accuracy_delta_ci, verdict
 
@@ -54,7 +55,14 @@ TABLE_ROWS = {  # row label -> key of metrics/<kind>.json
     "training time (s)": "training_time_s",
     "inference (images/s)": "inference_images_per_s",
 }
-CURVES = {"val_acc": "val/acc", "val_loss": "val/loss", "train_loss": "train/loss"}
+# in metrics/compare.md and .csv (and every run's records), not in the DVC metrics files
+TABLE_ONLY = ("test_loss", "model_file_bytes", "best_val_acc")
+CURVES = {
+    "val_acc": "val/acc",
+    "val_loss": "val/loss",
+    "train_acc": "train/acc",
+    "train_loss": "train/loss",
+}
 VERDICT_WORDS = {
     "non-inferior": "non-inferior: it loses less than the {m:g}-point margin",
     "inferior": "inferior: it loses more than the {m:g}-point margin",
@@ -88,7 +96,13 @@ def read_dvclive_curve(live_dir: Path, metric: str) -> tuple[list[int], list[flo
         raise OdkError(f"{path} is missing: rerun the training stage that writes {live_dir}")
     values = pd.read_csv(path, sep="\t")
     name = metric.rsplit("/", 1)[-1]
-    return [int(s) for s in values["step"]], [float(v) for v in values[name]]
+    epochs = [int(s) for s in values["step"]]
+    if epochs != list(range(1, len(epochs) + 1)):
+        raise OdkError(
+            f"{path} is not one value per epoch 1, 2, ... (steps {epochs[:6]}): it was written "
+            "by an older training stage; rerun it (`dvc repro --force` the train stages)"
+        )
+    return epochs, [float(v) for v in values[name]]
 
 
 def speed_not_comparable(runs: dict[str, list[Run]]) -> str | None:
@@ -170,7 +184,6 @@ def summarize(
         "matched_accuracy_deltas": [round(v, 6) for v in vs_matched["deltas"]],
         "matched_verdict": "better" if low > 0 else "worse" if high < 0 else "inconclusive",
         "matched_params_ratio": round(matched["trainable_params"] / odk["trainable_params"], 6),
-        "f1_delta": round(odk["test_f1_macro"] - base["test_f1_macro"], 6),
         "model_file_ratio": round(odk["model_file_bytes"] / base["model_file_bytes"], 6),
     }
 
@@ -235,7 +248,8 @@ def compare(cfg: Config) -> dict[str, Any]:
     )
     _write_plots(runs, predictions)
     for kind in KINDS:
-        write_json(Path("metrics") / f"{kind}.json", models[kind])
+        shown = {key: value for key, value in models[kind].items() if key not in TABLE_ONLY}
+        write_json(Path("metrics") / f"{kind}.json", shown)
     write_text(Path("metrics/compare.csv"), table.to_csv())
     write_text(Path("metrics/compare.md"), text)
     write_json(Path("metrics/compare.json"), summary)
@@ -262,7 +276,7 @@ def _write_plots(runs: dict[str, list[Run]], predictions: dict[str, list[np.ndar
     classes = read_json(runs["baseline"][0].record_dir / "per_class.json")
     for kind in KINDS:
         write_json(
-            out / f"confusion_{kind}.json", pooled_confusion(predictions[kind], list(classes))
+            out / f"confusion_{kind}.json", confusion_records(predictions[kind], list(classes))
         )
 
 
