@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from odk.offline_plots import remote_references
 
 from e2e import copy_repo, dvc
 
@@ -129,6 +130,8 @@ def test_repro_writes_every_plot(pipeline_repo):
     assert "errors" not in json.dumps(rendered)
     shown = dvc("plots", "show", cwd=repo, env=env)  # the page a user opens
     assert "failed" not in shown.stdout + shown.stderr
+    page = (repo / "dvc_plots/index.html").read_text()
+    assert remote_references(page) == [] and "vegaEmbed(" in page  # renders offline
 
 
 def test_metrics_show_and_repro_is_a_noop(pipeline_repo):
