@@ -62,6 +62,22 @@ def test_a_folder_is_replaced_whole_and_leaves_nothing_behind(tmp_path):
     assert _listing(final) == ["manifest.json", "new"]
 
 
+def test_a_failed_folder_write_removes_the_folders_it_created(tmp_path):
+    (tmp_path / "kept").mkdir()
+    for final in (tmp_path / "data/deep/raw", tmp_path / "kept/data/raw"):
+        with pytest.raises(OSError, match="offline"), atomic_dir(final, marker="source.json"):
+            raise OSError("offline")
+    assert _listing(tmp_path) == ["kept"] and _listing(tmp_path / "kept") == []
+
+
+def test_a_created_folder_that_others_use_is_kept(tmp_path):
+    final = tmp_path / "data/raw"
+    with pytest.raises(OSError), atomic_dir(final, marker="source.json"):
+        (tmp_path / "data/splits").mkdir()  # another stage writes there meanwhile
+        raise OSError("offline")
+    assert _listing(tmp_path / "data") == ["splits"]
+
+
 @pytest.mark.parametrize("kind", ["folder", "file"])
 def test_a_folder_the_stage_did_not_write_is_refused(tmp_path, kind):
     final = tmp_path / "victim" / "raw"

@@ -8,7 +8,9 @@ import io
 import json
 import pickle
 import runpy
+import socket
 import tarfile
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -151,7 +153,10 @@ def test_https_download_is_checked_for_completeness(params_file, cifar10_archive
     [
         (
             "https://127.0.0.1:9/cifar-10-python.tar.gz",
-            "cannot read dataset.url=https://127.0.0.1:9",
+            r"cannot read dataset.url=https://127.0.0.1:9/cifar-10-python.tar.gz: .*; without "
+            r"network, copy cifar-10-python.tar.gz here from a machine that has it and run "
+            r"`dvc exp run -S dataset.url=/path/to/cifar-10-python.tar.gz "
+            r"-S dataset.md5=[0-9a-f]{32}`",
         ),
         ("{tmp}/missing.tar.gz", "archive not found"),
         ("file://{tmp}/missing.tar.gz", "archive not found"),
@@ -161,7 +166,29 @@ def test_unreachable_or_missing_source(params_file, url, match):
     cfg = _config(params_file, "dataset.url=" + url.format(tmp=params_file.parent))
     with pytest.raises(DataError, match=match):
         download(cfg)
-    assert _data_dir_listing(params_file) == []
+    assert not (params_file.parent / "data").exists()  # no empty data/ left behind
+
+
+@pytest.mark.filterwarnings("ignore:'odk.stages.download' found in sys.modules")
+def test_offline_download_says_what_to_do_in_one_line(params_file, monkeypatch, capsys):
+    def urlopen(request, timeout):  # what urllib raises without network (no DNS)
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", urlopen)
+    monkeypatch.chdir(params_file.parent)
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    monkeypatch.setattr("sys.argv", ["download", f"dataset.url='{url}'"])
+    with pytest.raises(SystemExit):
+        runpy.run_module("odk.stages.download", run_name="__main__")
+    err = capsys.readouterr().err
+    md5 = load_config([], params_file).dataset.md5
+    assert err == (
+        f"error: cannot read dataset.url={url}: <urlopen error [Errno -2] Name or service not "
+        "known>; without network, copy cifar-10-python.tar.gz here from a machine that has it "
+        "and run `dvc exp run -S dataset.url=/path/to/cifar-10-python.tar.gz -S "
+        f"dataset.md5={md5}` (a re-packed copy has its own md5)\n"
+    )
+    assert not (params_file.parent / "data").exists()
 
 
 def _archive_with(tmp_path: Path, members) -> tuple[Path, str]:
@@ -305,7 +332,9 @@ def test_credentials_in_the_url_are_sent_but_never_shown(params_file, monkeypatc
         download(_config(params_file, f"dataset.url='{url}'"))
     assert str(info.value) == (
         "cannot read dataset.url=https://***@mirror.example/c.tar.gz?X-Amz-Signature=***&v=1: "
-        "HTTP Error 401: Unauthorized"
+        "HTTP Error 401: Unauthorized; without network, copy c.tar.gz here from a machine that "
+        "has it and run `dvc exp run -S dataset.url=/path/to/c.tar.gz -S dataset.md5="
+        f"{_config(params_file).dataset.md5}` (a re-packed copy has its own md5)"
     )
     basic = "Basic " + base64.b64encode(b"alice:S3cr3t").decode()
     assert seen == [("https://mirror.example/c.tar.gz?X-Amz-Signature=f00dcafe&v=1", basic)]

@@ -125,10 +125,14 @@ def atomic_dir(final: str | Path, marker: str | None = None) -> Iterator[Path]:
         final: The output folder.
         marker: A file every version of this output holds (`source.json`, `manifest.json`):
             an existing `final` without it is refused (see `check_owned`), not replaced.
+
+    Folders above `final` that this call creates are removed again if the block fails (and
+    nothing else has been put in them).
     """
     final = Path(final)
     if marker is not None:
         check_owned(final, marker)
+    created = [p for p in reversed(final.parents) if not p.exists()]  # outermost first
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
@@ -139,8 +143,12 @@ def atomic_dir(final: str | Path, marker: str | None = None) -> Iterator[Path]:
         if marker is not None:
             check_owned(final, marker)  # it may have appeared while we worked
         _move_into_place(tmp, final)
+        created = []
     finally:
         _remove(tmp)  # after a swap: the previous version
+        for folder in reversed(created):  # a failed run leaves no empty `data/` behind
+            with contextlib.suppress(OSError):  # not empty: another run is using it
+                folder.rmdir()
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:

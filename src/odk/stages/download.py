@@ -81,9 +81,8 @@ def download(cfg: Config) -> Path:
         archive = fetch(url, tmp / "archive.tar.gz", md5)
         layout = LAYOUTS[name]
         files = (*layout.train_files, layout.test_file, layout.meta_file)
-        extract(
-            archive, tmp / "extracted", redact(url, url), [f"{layout.folder}/{f}" for f in files]
-        )
+        members = [f"{layout.folder}/{f}" for f in files]
+        extract(archive, tmp / "extracted", redact(url, url), members)
         archive.unlink()
         data = read_raw(tmp / "extracted", name)
         os.rename(tmp / "extracted" / LAYOUTS[name].folder, tmp / LAYOUTS[name].folder)
@@ -114,7 +113,15 @@ def fetch(url: str, dest: Path, md5: str) -> Path:
                     copied += len(chunk)
     except (OSError, ValueError, http.client.HTTPException) as error:
         part.unlink(missing_ok=True)
-        raise DataError(redact(f"cannot read dataset.url={url}: {error}", url)) from None
+        why = redact(f"cannot read dataset.url={url}: {error}", url)
+        if url.startswith("https://"):  # offline, blocked or moved: say what works instead
+            name = PurePosixPath(urllib.parse.urlsplit(url).path).name or "the archive"
+            why += (
+                f"; without network, copy {name} here from a machine that has it and run "
+                f"`dvc exp run -S dataset.url=/path/to/{name} -S dataset.md5={md5}` "
+                "(a re-packed copy has its own md5)"
+            )
+        raise DataError(why) from None
     shown = redact(url, url)
     if total is not None and copied != total:
         part.unlink()
