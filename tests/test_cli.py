@@ -21,7 +21,7 @@ from odk.cli import main
     [
         ([], "classify image files and folders"),
         (["predict"], "--json"),
-        (["export"], "--format {torchscript,onnx}"),
+        (["export"], "--format {pt2,onnx,torchscript}"),
         (["report"], "--repo PATH"),
     ],
 )
@@ -94,3 +94,12 @@ def test_bad_model_files_are_refused(
     assert out == "" and err.startswith("error: ") and str(model) in err
     assert message in err and len(err.splitlines()) == 1  # one line, no traceback
     assert not exported.exists()
+
+
+def test_the_default_model_is_the_pipelines_odk_model_of_the_default_seed() -> None:
+    from odk.cli import DEFAULT_MODEL
+    from odk.config import load_config
+    from odk.stages import Run
+
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    assert Path(DEFAULT_MODEL) == Run("odk", load_config([], params).seeds[0]).model

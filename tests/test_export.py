@@ -1,4 +1,4 @@
-"""`odk export` of a ResNet-18 with ODK stages 3-4: both formats, reloaded and compared.
+"""`odk export` of a ResNet-18 with ODK stages 3-4: every format, reloaded and compared.
 
 The model is trained here for a few steps on random data, so its ODK weights and batch-norm
 statistics are no longer at their initial values when the export merges them.
@@ -76,11 +76,24 @@ def _run_onnx(path: Path) -> tuple[callable, list[str]]:
     return (lambda x: session.run(None, {"images": x.numpy()})[0]), classes
 
 
-RUNNERS = {"torchscript": _run_torchscript, "onnx": _run_onnx}
+def _run_pt2(path: Path) -> tuple[callable, list[str]]:
+    extra = {"odk.json": ""}
+    program = torch.export.load(path, extra_files=extra)
+    convs = [n for n in program.graph.nodes if str(n.target) == "aten.conv2d.default"]
+    assert len(convs) == 20  # ResNet-18: stem, 16 block convs, 3 downsamples
+    parameters = program.graph_signature.inputs_to_parameters
+    assert all(n.args[1].name in parameters for n in convs)  # stored weights: no map left
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not {t for t in targets if "linalg" in t or "triu" in t or "solve" in t}
+    module = program.module()
+    return (lambda x: module(x).detach().numpy()), json.loads(extra["odk.json"])["classes"]
+
+
+RUNNERS = {"pt2": _run_pt2, "torchscript": _run_torchscript, "onnx": _run_onnx}
 
 
 @pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:FutureWarning")
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript", "onnx"])
 def test_export_matches_the_checkpoint(
     model_file: Path,
     expected: list[tuple[torch.Tensor, np.ndarray]],
@@ -117,7 +130,7 @@ def test_failed_check_keeps_the_old_file(
 
 
 def test_unknown_format_is_refused(model_file: Path, tmp_path: Path) -> None:
-    with pytest.raises(OdkError, match="format 'tflite' is not allowed; allowed: torchscript"):
+    with pytest.raises(OdkError, match="format 'tflite' is not allowed; allowed: pt2, onnx, torch"):
         export_model(model_file, "tflite", tmp_path / "model.tflite")
 
 

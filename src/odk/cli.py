@@ -1,10 +1,10 @@
 """The `odk` command: use the pipeline's model files and results outside the pipeline.
 
-`odk predict` classifies images, `odk export` writes a TorchScript or ONNX model without ODK
-machinery, `odk report` tabulates and plots every experiment. Each subcommand imports its
-module only when it runs. Exit status: 0 success, 1 some input files failed (predict),
-2 a usage error, an `OdkError` or a file that cannot be read or written (printed as one
-`error: ...` line on stderr, credentials in URLs redacted).
+`odk predict` classifies images, `odk export` writes a torch.export program, ONNX or
+TorchScript model without ODK machinery, `odk report` tabulates and plots every experiment.
+Each subcommand imports its module only when it runs. Exit status: 0 success, 1 some input
+files failed (predict), 2 a usage error, an `OdkError` or a file that cannot be read or
+written (printed as one `error: ...` line on stderr, credentials in URLs redacted).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from odk.errors import OdkError, redact
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
-DEFAULT_MODEL = "models/odk.ckpt"
+DEFAULT_MODEL = "models/odk/seed42.ckpt"  # the ODK model of the default seed
 
 
 def _positive_int(text: str) -> int:
@@ -62,9 +62,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     cmd = sub.add_parser(
         "export",
-        help="write a TorchScript or ONNX model with the ODK convs merged",
-        description="Merge every ODK conv into a plain convolution and write the model as "
-        "TorchScript or ONNX (dynamic batch). Input: float32 RGB pixels in [0, 1], shape "
+        help="write a torch.export, ONNX or TorchScript model with the ODK convs merged",
+        description="Merge every ODK conv into a plain convolution and write the model as a "
+        "torch.export program, ONNX or TorchScript (dynamic batch). Input: float32 RGB "
+        "pixels in [0, 1], shape "
         "(B, 3, 32, 32), normalization included; output: logits. The file is written only "
         "after its outputs match the model file's within 1e-4.",
     )
@@ -72,8 +73,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     cmd.add_argument(
         "--format",
         required=True,
-        choices=("torchscript", "onnx"),
-        help="onnx (onnxruntime and others), or torchscript (torch.jit.load; PyTorch calls "
+        choices=("pt2", "onnx", "torchscript"),
+        help="pt2 (torch.export; load with torch.export.load(FILE).module()), onnx "
+        "(onnxruntime and others), or torchscript (legacy: torch.jit.load; PyTorch calls "
         "TorchScript deprecated since 2.9)",
     )
     cmd.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")

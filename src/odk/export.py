@@ -1,4 +1,8 @@
-"""`odk export`: a model file as TorchScript or ONNX, with no ODK machinery left in it.
+"""`odk export`: a model file as a torch.export program, ONNX or TorchScript, without ODK parts.
+
+Formats: `pt2` (`torch.export`, PyTorch's current way to save a model for inference; load it
+with `torch.export.load(path).module()`), `onnx` (onnxruntime and other runtimes) and
+`torchscript` (legacy: PyTorch deprecates `torch.jit`; kept while PyTorch still runs it).
 
 Every ODK conv is merged into the plain `nn.Conv2d` it computes (`merge_odk_convs`), so the
 exported graph holds constant conv weights and no orthogonal map. The normalization stored in
@@ -26,9 +30,10 @@ from odk.errors import OdkError
 from odk.layers import ODKConv2d, merge_odk_convs
 from odk.predict import IMAGE_SIZE
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("pt2", "onnx", "torchscript")
 ATOL = 1e-4
 _CONV_OPS = {"aten::conv2d", "aten::_convolution"}
+_EXPORT_CONV_OPS = ("aten.conv2d.default", "aten.convolution.default")
 _INPUT_DOC = f"float32 RGB pixels in [0, 1], shape (B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}); out: logits"
 
 
@@ -51,8 +56,8 @@ def export_model(
     """Export a model file, verify the result, and move it atomically to `out`.
 
     Args:
-        model_path: An odk model file (`models/odk.ckpt`).
-        fmt: `torchscript` or `onnx`.
+        model_path: An odk model file (`models/odk/seed42.ckpt`).
+        fmt: `pt2`, `onnx` or `torchscript`.
         out: Destination file.
         atol: Largest absolute logit difference allowed against the checkpoint.
         seed: Seed of the random verification inputs.
@@ -78,8 +83,8 @@ def export_model(
 
     try:
         with atomic_file(out) as tmp:
-            run = _write_torchscript if fmt == "torchscript" else _write_onnx
-            run_exported = run(plain, tmp, info)
+            write = {"pt2": _write_pt2, "onnx": _write_onnx, "torchscript": _write_torchscript}
+            run_exported = write[fmt](plain, tmp, info)
             diff = _max_abs_diff(reference, run_exported, seed)
             if not diff <= atol:  # also catches NaN
                 raise OdkError(
@@ -140,6 +145,38 @@ def _max_abs_diff(reference: nn.Module, run_exported: Any, seed: int) -> float:
             f"exported model returns shape {tuple(got.shape)}, expected {expected.shape}"
         )
     return float((got - expected).abs().max())
+
+
+def _write_pt2(model: nn.Module, path: Path, info: dict[str, Any]) -> Any:
+    """`torch.export` with a dynamic batch, saved with the class names; reloaded and checked."""
+    batch = torch.export.Dim.DYNAMIC
+    with torch.no_grad():
+        program = torch.export.export(model, (_example(2, 0),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, path, extra_files={"odk.json": json.dumps(info)})
+    loaded = torch.export.load(path)
+    _check_program_convs(loaded)
+    return loaded.module()
+
+
+def _check_program_convs(program: Any) -> None:
+    """Every conv weight of an exported program is a stored tensor, never computed."""
+    from torch.export.graph_signature import InputKind
+
+    stored = {
+        spec.arg.name
+        for spec in program.graph_signature.input_specs
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+    }
+    convs = [
+        n
+        for n in program.graph.nodes
+        if n.op == "call_function" and str(n.target) in _EXPORT_CONV_OPS
+    ]
+    if not convs:
+        raise OdkError("the exported program has no convolution: not the expected network")
+    computed = [n.name for n in convs if n.args[1].name not in stored]
+    if computed:
+        raise OdkError(f"conv weights computed in the exported program: {', '.join(computed)}")
 
 
 def _write_torchscript(model: nn.Module, path: Path, info: dict[str, Any]) -> Any:
