@@ -23,7 +23,7 @@ from e2e import copy_repo, dvc, make_tiny_repo, run
 
 pytestmark = pytest.mark.slow
 DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
-TRAIN = [sys.executable, "-m", "odk.stages.train", "odk", *DDP]
+TRAIN = [sys.executable, "-m", "odk.stages.train", "odk", "--seed", "0", *DDP]
 
 RECORDER = """
 import json, os
@@ -83,12 +83,14 @@ def _records(trace: Path, rank: int) -> list[dict]:
 def test_ddp_training_finishes_and_only_rank_zero_writes(ddp_run: tuple[Path, Path]):
     repo, trace = ddp_run
     written = {r["wrote"] for r in _records(trace, 0) if "wrote" in r}
-    assert {"models/odk.ckpt", "metrics/train_odk.json", "plots/train/odk"} <= written
+    outputs = {"models/odk/seed0.ckpt", "metrics/runs/odk/seed0/train.json"}
+    outputs.add("plots/train/odk/seed0")
+    assert outputs <= written
     assert [r for r in _records(trace, 1) if "wrote" in r] == []  # rank 1 wrote nothing
-    metrics = json.loads((repo / "metrics/train_odk.json").read_text())
+    metrics = json.loads((repo / "metrics/runs/odk/seed0/train.json").read_text())
     assert metrics["epochs"] == 2 and metrics["best_epoch"] in (1, 2)
-    assert torch.load(repo / "models/odk.ckpt", weights_only=True)["format"] == "odk-model"
-    assert (repo / "plots/train/odk/metrics.json").is_file()
+    assert torch.load(repo / "models/odk/seed0.ckpt", weights_only=True)["format"] == "odk-model"
+    assert (repo / "plots/train/odk/seed0/metrics.json").is_file()
     assert not (repo / ".odk_state").exists()
 
 
@@ -109,7 +111,7 @@ def test_a_ddp_run_killed_after_an_epoch_resumes(
     split_repo: Path, ddp_run: tuple[Path, Path], tmp_path: Path
 ):
     repo, env = copy_repo(split_repo, tmp_path)
-    last = repo / ".odk_state/train_odk/last.ckpt"
+    last = repo / ".odk_state/train_odk_seed0/last.ckpt"
     # Its own session: the kill takes both ranks, as a lost machine would.
     proc = subprocess.Popen(TRAIN, cwd=repo, env=env, start_new_session=True)
     deadline = time.monotonic() + 600
@@ -118,20 +120,20 @@ def test_a_ddp_run_killed_after_an_epoch_resumes(
     assert proc.poll() is None, "training finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    assert not (repo / "models/odk.ckpt").exists()
+    assert not (repo / "models/odk/seed0.ckpt").exists()
 
     resumed = run(TRAIN, repo, env)
     assert "Resuming odk training from" in resumed.stderr
     reference, _ = ddp_run
     timing = {"training_time_s"}
     got, expected = (
-        json.loads((r / "metrics/train_odk.json").read_text()) for r in (repo, reference)
+        json.loads((r / "metrics/runs/odk/seed0/train.json").read_text()) for r in (repo, reference)
     )
     assert {k: v for k, v in got.items() if k not in timing} == {
         k: v for k, v in expected.items() if k not in timing
     }
     weights = [
-        torch.load(r / "models/odk.ckpt", weights_only=True)["state_dict"]
+        torch.load(r / "models/odk/seed0.ckpt", weights_only=True)["state_dict"]
         for r in (repo, reference)
     ]
     for key in weights[1]:

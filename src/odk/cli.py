@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from odk.errors import OdkError, redact
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
-DEFAULT_MODEL = "models/odk/seed42.ckpt"  # the ODK model of the default seed
+DEFAULT_MODEL = "models/odk/seed42.ckpt"  # the ODK model of the default `seeds: [42]`
 
 
 def _positive_int(text: str) -> int:
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `odk COMMAND --help` for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_predict, _add_export, _add_report):
+    for add in (_add_predict, _add_export, _add_report, _add_grid):
         add(sub)
     return parser
 
@@ -98,6 +98,37 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     )
     cmd.add_argument("--repo", default=".", metavar="PATH", help="DVC repository (default: .)")
     cmd.set_defaults(handler=_report)
+
+
+def _add_grid(sub: argparse._SubParsersAction) -> None:
+    cmd = sub.add_parser(
+        "grid",
+        help="queue and run the research grid as DVC experiments, then report it",
+        description="Queue one `dvc exp run` per regime x variant of the grid file (every "
+        "variant with its baseline and parameter-matched control, once per seed), run them "
+        "with `dvc queue start -j JOBS`, wait, and write `odk report` and RUN.md (machine, "
+        "settings, wall time, command) into the output folder.",
+    )
+    cmd.add_argument("grid", nargs="?", default="results/grid.yaml", help="grid file (%(default)s)")
+    cmd.add_argument("-o", "--output-dir", required=True, metavar="DIR", help="report folder")
+    cmd.add_argument(
+        "-j", "--jobs", type=_positive_int, default=1, help="experiments at once (%(default)s)"
+    )
+    cmd.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="run only these experiments (REGIME-VARIANT, e.g. scarce-default)",
+    )
+    cmd.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings for every experiment, e.g. max_epochs=10 dataset.url=... dataset.md5=...",
+    )
+    cmd.set_defaults(handler=_grid)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,4 +196,14 @@ def _report(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(str(f) for f in result['files'])}")
     if result["skipped"]:
         print(f"left out (no metrics): {', '.join(result['skipped'])}")
+    return EXIT_OK
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from odk.grid import run_grid
+
+    result = run_grid(args.grid, args.output_dir, args.jobs, args.only, args.set)
+    print(result["status"].strip())
+    print(f"grid done in {result['wall_s'] / 60:.1f} min; wrote {args.output_dir}/RUN.md and")
+    print(f"{', '.join(str(f) for f in result['report']['files'])}")
     return EXIT_OK
