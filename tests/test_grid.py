@@ -38,7 +38,8 @@ def test_commands_queue_every_experiment_then_start_the_queue():
     assert commands == [
         ["dvc", "exp", "run", "--queue", "-n", "a-v", "-S", "seeds=[0]", "-S", "x=1", "-S",
          "y=[3,4]", "-S", "max_epochs=2"],
-        ["dvc", "exp", "run", "--queue", "-n", "a-w", "-S", "seeds=[0]", "-S", "max_epochs=2"],
+        ["dvc", "exp", "run", "--queue", "-n", "a-w", "-S", "seeds=[0]", "-S", "x=1", "-S",
+         "max_epochs=2"],
         ["dvc", "queue", "start", "-j", "3"],
     ]  # fmt: skip
     assert [e.name for e in experiments(grid, only=["a-w"])] == ["a-w"]

@@ -49,7 +49,10 @@ def read_grid(path: str | Path) -> dict[str, Any]:
     try:
         grid = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the grid file {path}: {exc}") from None
+        where = getattr(exc, "problem_mark", None)  # YAML's errors span several lines
+        reason = getattr(exc, "problem", None) or getattr(exc, "strerror", None) or exc
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise ConfigError(f"cannot read the grid file {path}: {reason}{at}") from None
     shape = "seeds: [..], regimes: {name: {key: value}}, variants: {name: {key: value}}"
     if not isinstance(grid, dict) or set(grid) != {"seeds", "regimes", "variants"}:
         raise ConfigError(f"{path} is not a grid file; allowed: a mapping of {shape}")
