@@ -17,7 +17,7 @@ import yaml
 
 from conftest import write_params
 from odk.config import Config, load_config
-from odk.stages import compare, download, evaluate, split, train
+from odk.stages import Run, compare, download, evaluate, split, train
 from odk.stages.train import stage_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,30 +29,46 @@ def _module_path(module: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:`: imports for type checkers only, never run."""
+    return isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+
+
 def _odk_imports(path: Path) -> set[str]:
-    """The odk modules a file imports anywhere (top level or inside functions)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("odk."):
-            names = [node.module]
+    """The odk modules a file imports anywhere (top level or inside functions).
+
+    `from odk.stages import train` imports `odk.stages.train` as well as `odk.stages`.
+    """
+    found, todo = set(), [ast.parse(path.read_text())]
+    while todo:
+        node = todo.pop()
+        todo += [child for child in ast.iter_child_nodes(node) if not _is_type_checking(child)]
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "odk":
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # kept if a module
         elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name.startswith("odk.")]
-        found |= set(names)
-    return found
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "odk"}
+    return {name for name in found if _module_path(name).is_file()}
+
+
+def _packages(module: str) -> set[str]:
+    """The packages Python imports before `module`: `odk.stages.x` -> `odk`, `odk.stages`."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
 
 
 def _imported_closure(module: str) -> set[str]:
-    """Every src/ file that running `python -m module` may import, relative to the repo."""
+    """Every src/ file that running `python -m module` imports, relative to the repo.
+
+    Transitive, parent packages included: importing `odk.stages.download` runs
+    `odk/__init__.py` and `odk/stages/__init__.py` first, and whatever they import.
+    """
     todo, seen = [module], set()
     while todo:
         name = todo.pop()
-        if name not in seen and _module_path(name).is_file():
+        if name not in seen:
             seen.add(name)
-            todo += _odk_imports(_module_path(name))
-    # A package's __init__.py counts only where it is imported from (`from odk.stages import
-    # Run`): odk/__init__.py imports nothing until asked, odk/stages/__init__.py only names the
-    # runs' files, and neither changes what download or split write.
+            todo += [*_odk_imports(_module_path(name)), *_packages(name)]
     return {str(_module_path(m).relative_to(REPO)) for m in seen}
 
 
@@ -87,6 +103,25 @@ def leaves(key: str) -> set[str]:
 def listed_settings(name: str) -> set[str]:
     """The leaf settings a dvc.yaml stage lists as `params`."""
     return {leaf for key in _stage(name).get("params", []) for leaf in leaves(key)}
+
+
+@pytest.mark.parametrize("kind", ["baseline", "odk", "matched"])
+def test_the_resume_key_changes_with_exactly_the_listed_settings(kind: str):
+    # _fingerprint itself, not the list it is meant to read: if it drifts from dvc.yaml's
+    # params, a resumed run mixes settings or a rerun needlessly starts over.
+    run, manifest = Run(kind, 0), {"sizes": {}}
+    unchanged = train._fingerprint(run, Config(), manifest)
+    every = {leaf for f in dataclasses.fields(Config) for leaf in leaves(f.name)}
+    moved = set()
+    for key in every:
+        cfg, (*sections, name) = Config(), key.split(".")
+        node: typing.Any = cfg
+        for section in sections:
+            node = getattr(node, section)
+        setattr(node, name, "changed")
+        if train._fingerprint(run, cfg, manifest) != unchanged:
+            moved.add(key)
+    assert moved == listed_settings(f"train_{kind}")
 
 
 class Recorder:
