@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from odk.cifar import read_raw
 from odk.config import load_config
 from odk.errors import DataError, OdkError
 from odk.stages import download as download_module
-from odk.stages.download import download, read_raw
+from odk.stages.download import download
 from odk.synthetic import CIFAR10_CLASSES, write_cifar_archive
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from odk.cifar import read_raw
 from odk.config import load_config
 from odk.errors import DataError, OdkError
-from odk.stages.download import download, read_raw
+from odk.stages.download import download
 from odk.stages.split import channel_stats, split, stratified_split
 from odk.synthetic import CIFAR10_CLASSES
 

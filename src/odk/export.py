@@ -26,9 +26,9 @@ from torch import nn
 
 from odk.atomic import atomic_file
 from odk.checkpoint import load_model
+from odk.cifar import IMAGE_SIZE
 from odk.errors import OdkError
 from odk.layers import ODKConv2d, merge_odk_convs
-from odk.predict import IMAGE_SIZE
 
 FORMATS = ("pt2", "onnx", "torchscript")
 ATOL = 1e-4

@@ -18,9 +18,9 @@ import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 from torch import nn
 
+from odk.cifar import IMAGE_SIZE
 from odk.data import normalize
 
-IMAGE_SIZE = 32  # CIFAR resolution: the ResNet's first conv is 3x3 stride 1, no pooling
 TOP_K = 5
 _UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 

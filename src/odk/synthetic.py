@@ -1,9 +1,10 @@
 """Small CIFAR archives in the official python format, for tests and benchmarks.
 
 `write_cifar_archive` writes a .tar.gz laid out like the official CIFAR-10 or CIFAR-100
-"python version" (same folder, file names and pickled dict keys) holding learnable images:
-each class has its own colour and blocky pattern, each image is that pattern shifted by a few
-pixels, scaled in brightness and noised, so a small network beats chance after one epoch.
+"python version" (the folder, file names and pickled dict keys of `odk.cifar.LAYOUTS`) holding
+learnable images: each class has its own colour and blocky pattern, each image is that pattern
+shifted by a few pixels, scaled in brightness and noised, so a small network beats chance after
+one epoch.
 Like the originals, the pickles are Python 2 pickles whose strings load as bytes with
 `encoding="bytes"` (b"data") and as str with `encoding="latin1"` (what torchvision uses).
 """
@@ -23,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from odk.cifar import LAYOUTS
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer")
 CIFAR10_CLASSES += ("dog", "frog", "horse", "ship", "truck")
-FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 
 
 def write_cifar_archive(
@@ -49,8 +50,8 @@ def write_cifar_archive(
     Returns:
         The archive's path and its md5 (hex).
     """
-    if name not in FOLDERS:
-        raise ValueError(f"name={name!r} is not allowed; allowed: {', '.join(FOLDERS)}")
+    if name not in LAYOUTS:
+        raise ValueError(f"name={name!r} is not allowed; allowed: {', '.join(LAYOUTS)}")
     if min(train_per_class, test_per_class) < 1:
         raise ValueError("train_per_class and test_per_class must be >= 1")
     rng = np.random.default_rng(seed)
@@ -58,27 +59,25 @@ def write_cifar_archive(
     canvases = _class_canvases(num_classes, rng)
     train = _labels(num_classes, train_per_class, rng)
     test = _labels(num_classes, test_per_class, rng)
-    folder = FOLDERS[name]
+    layout, files = LAYOUTS[name], {}
+    key, chunks = layout.label_key, np.array_split(train, len(layout.train_files))
     if name == "cifar10":
-        files = {}
-        for i, chunk in enumerate(np.array_split(train, 5)):
-            files[f"data_batch_{i + 1}"] = _batch(
-                chunk, canvases, rng, f"training batch {i + 1} of 5"
-            )
-        files["test_batch"] = _batch(test, canvases, rng, "testing batch 1 of 1")
+        for i, (file, chunk) in enumerate(zip(layout.train_files, chunks, strict=True)):
+            files[file] = _batch(chunk, canvases, rng, f"training batch {i + 1} of 5", key)
+        files[layout.test_file] = _batch(test, canvases, rng, "testing batch 1 of 1", key)
         names = [_Py2Str(c.encode()) for c in CIFAR10_CLASSES]
-        meta = {"num_cases_per_batch": len(train) // 5, "label_names": names, "num_vis": 3072}
-        files["batches.meta"] = {_Py2Str(k.encode()): v for k, v in meta.items()}
+        per_batch, names_key = len(train) // 5, layout.names_key.decode()
+        meta = {"num_cases_per_batch": per_batch, names_key: names, "num_vis": 3072}
     else:
-        files = {
-            "train": _batch(train, canvases, rng, "training batch 1 of 1", fine=True),
-            "test": _batch(test, canvases, rng, "testing batch 1 of 1", fine=True),
-        }
+        title = "training batch 1 of 1"
+        files[layout.train_files[0]] = _batch(train, canvases, rng, title, key, coarse=True)
+        title = "testing batch 1 of 1"
+        files[layout.test_file] = _batch(test, canvases, rng, title, key, coarse=True)
         fine = [_Py2Str(f"class_{i:02d}".encode()) for i in range(100)]
         coarse = [_Py2Str(f"superclass_{i:02d}".encode()) for i in range(20)]
-        meta = {"fine_label_names": fine, "coarse_label_names": coarse}
-        files["meta"] = {_Py2Str(k.encode()): v for k, v in meta.items()}
-    return _write_tar_gz(Path(dest), ARCHIVES[name], folder, files)
+        meta = {layout.names_key.decode(): fine, "coarse_label_names": coarse}
+    files[layout.meta_file] = {_Py2Str(k.encode()): v for k, v in meta.items()}
+    return _write_tar_gz(Path(dest), layout.archive, layout.folder, files)
 
 
 def _class_canvases(num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -97,9 +96,13 @@ def _batch(
     canvases: np.ndarray,
     rng: np.random.Generator,
     title: str,
-    fine: bool = False,
+    label_key: bytes,
+    coarse: bool = False,
 ) -> dict[Any, Any]:
-    """One pickled batch: 32x32 crops of the class canvases, brightness-scaled and noised."""
+    """One pickled batch: 32x32 crops of the class canvases, brightness-scaled and noised.
+
+    The labels go under `label_key`; with `coarse`, CIFAR-100's superclasses follow them.
+    """
     n = len(labels)
     dy, dx = rng.integers(0, 9, size=(2, n))  # (N,) offsets of the 32x32 crop in the canvas
     rows = (dy[:, None] + np.arange(32))[:, None, :, None]  # (N, 1, 32, 1)
@@ -110,10 +113,9 @@ def _batch(
     data = np.clip(images.round(), 0, 255).astype(np.uint8).reshape(n, 3072)  # (N, 3*32*32)
     names = [_Py2Str(f"synthetic_{i:06d}.png".encode()) for i in range(n)]
     batch: dict[str, Any] = {"batch_label": _Py2Str(title.encode()), "data": data}
-    if fine:
-        batch |= {"fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist()}
-    else:
-        batch["labels"] = labels.tolist()
+    batch[label_key.decode()] = labels.tolist()
+    if coarse:
+        batch["coarse_labels"] = (labels // 5).tolist()
     batch["filenames"] = names
     return {_Py2Str(k.encode()): v for k, v in batch.items()}
 

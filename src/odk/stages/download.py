@@ -3,23 +3,21 @@
 The archive (`dataset.url`: https, file:// or a local path) streams into a `.part` file that
 is renamed only once complete and matching `dataset.md5`. Members are checked before
 extraction (no absolute paths, no `..`, no links or devices), only the files of the official
-"python version" layout are extracted (each at most `MAX_MEMBER_BYTES`, so a gzip bomb cannot
-fill the disk), the result must be that layout (checked by reading it, not by the official
-per-file checksums, so a re-packed mirror works), and `<data_dir>/raw/` appears in one rename,
-complete or not at all; the previous one stays until then. A `<data_dir>/raw` that this stage
-did not write (no `source.json`) is refused, not replaced. Credentials in `dataset.url`
+"python version" layout (`odk.cifar`) are extracted (each at most `MAX_MEMBER_BYTES`, so a gzip
+bomb cannot fill the disk), the result must be that layout (checked by reading it, not by the
+official per-file checksums, so a re-packed mirror works), and `<data_dir>/raw/` appears in one
+rename, complete or not at all; the previous one stays until then. A `<data_dir>/raw` that this
+stage did not write (no `source.json`) is refused, not replaced. Credentials in `dataset.url`
 (`https://user:password@host/...`) are sent as HTTP Basic auth and never shown.
 """
 
 from __future__ import annotations
 
 import base64
-import codecs
 import hashlib
 import http.client
 import json
 import os
-import pickle
 import shutil
 import tarfile
 import urllib.parse
@@ -27,45 +25,19 @@ import urllib.request
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, NamedTuple
+from typing import IO
 
-import numpy as np
 from tqdm import tqdm
 
 from odk.atomic import atomic_dir, check_owned
+from odk.cifar import LAYOUTS, read_raw
 from odk.config import Config, main_entry
 from odk.errors import DataError, redact
-
-
-class Layout(NamedTuple):
-    """Where the official "python version" archive keeps its files and keys."""
-
-    folder: str
-    train_files: tuple[str, ...]
-    test_file: str
-    meta_file: str
-    label_key: bytes
-    names_key: bytes
-
 
 SOURCE = "source.json"  # the raw folder's marker: what it was extracted from
 # The largest file of the official archives is CIFAR-100's `train`, 155 MB; they hold 8 members.
 MAX_MEMBER_BYTES = 256 * 2**20
 MAX_MEMBERS = 1000
-TRAIN_FILES_10 = tuple(f"data_batch_{i}" for i in range(1, 6))
-LAYOUTS = {
-    "cifar10": Layout(
-        "cifar-10-batches-py",
-        TRAIN_FILES_10,
-        "test_batch",
-        "batches.meta",
-        b"labels",
-        b"label_names",
-    ),
-    "cifar100": Layout(
-        "cifar-100-python", ("train",), "test", "meta", b"fine_labels", b"fine_label_names"
-    ),
-}
 
 
 def download(cfg: Config) -> Path:
@@ -80,12 +52,11 @@ def download(cfg: Config) -> Path:
     with atomic_dir(raw_dir, marker=SOURCE) as tmp:
         archive = fetch(url, tmp / "archive.tar.gz", md5)
         layout = LAYOUTS[name]
-        files = (*layout.train_files, layout.test_file, layout.meta_file)
-        members = [f"{layout.folder}/{f}" for f in files]
+        members = [f"{layout.folder}/{f}" for f in layout.files]
         extract(archive, tmp / "extracted", redact(url, url), members)
         archive.unlink()
         data = read_raw(tmp / "extracted", name)
-        os.rename(tmp / "extracted" / LAYOUTS[name].folder, tmp / LAYOUTS[name].folder)
+        os.rename(tmp / "extracted" / layout.folder, tmp / layout.folder)
         shutil.rmtree(tmp / "extracted")
         source = {"dataset": name, "md5": md5}
         (tmp / SOURCE).write_text(json.dumps(source, indent=2) + "\n")
@@ -217,83 +188,6 @@ def _check_member(member: tarfile.TarInfo, label: str) -> None:
         raise DataError(f"unsafe member {member.name!r} in {label}: absolute path or '..'")
     if not (member.isfile() or member.isdir()):
         raise DataError(f"unsafe member {member.name!r} in {label}: links and devices refused")
-
-
-class RawCifar(NamedTuple):
-    """The official train and test sets: uint8 (N, 3, 32, 32) images, int64 labels."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    classes: list[str]
-
-
-def read_raw(raw_dir: Path, name: str) -> RawCifar:
-    """Read an extracted official CIFAR "python version" folder from `raw_dir`.
-
-    Raises:
-        DataError: a file is missing or is not in the official format.
-    """
-    layout = LAYOUTS[name]
-    folder, label_key = Path(raw_dir) / layout.folder, layout.label_key
-    files = (*layout.train_files, layout.test_file, layout.meta_file)
-    missing = [f for f in files if not (folder / f).is_file()]
-    if missing:
-        what = f"{folder} lacks {', '.join(missing)}"
-        raise DataError(f"not the official {name} python format: {what}")
-    names = _load_pickle(folder / layout.meta_file).get(layout.names_key)
-    if not isinstance(names, list) or not names or not all(isinstance(n, bytes) for n in names):
-        where = f"{folder / layout.meta_file} under {layout.names_key!r}"
-        raise DataError(f"not the official {name} python format: no class names in {where}")
-    classes = [n.decode("latin1") for n in names]
-    train = [_read_batch(folder / f, label_key, len(classes)) for f in layout.train_files]
-    test_images, test_labels = _read_batch(folder / layout.test_file, label_key, len(classes))
-    train_images = np.concatenate([images for images, _ in train])
-    train_labels = np.concatenate([labels for _, labels in train])
-    return RawCifar(train_images, train_labels, test_images, test_labels, classes)
-
-
-def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    batch = _load_pickle(path)
-    data, labels = batch.get(b"data"), batch.get(label_key)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
-        raise DataError(f"{path}: b'data' is not a uint8 (N, 3072) array")
-    if data.shape[1] != 3 * 32 * 32 or not isinstance(labels, list) or len(labels) != len(data):
-        raise DataError(f"{path}: expected (N, 3072) images and N labels under {label_key!r}")
-    labels_array = np.asarray(labels, dtype=np.int64)
-    if len(data) == 0 or labels_array.min() < 0 or labels_array.max() >= num_classes:
-        raise DataError(f"{path}: empty, or labels outside 0..{num_classes - 1}")
-    return data.reshape(-1, 3, 32, 32), labels_array  # rows are 1024 red, 1024 green, 1024 blue
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays only: an archive cannot run code."""
-
-    _reconstruct = np.empty(0).__reduce__()[0]  # numpy's own, whatever its module path
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # the official pickles
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy >= 2 pickles
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # protocol-2 bytes
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR pickle")
-        return self.ALLOWED[module, name]
-
-
-def _load_pickle(path: Path) -> dict[Any, Any]:
-    try:
-        with open(path, "rb") as f:
-            content = _ArrayUnpickler(f, encoding="bytes").load()
-    except Exception as error:  # unpickling corrupt bytes raises almost any type
-        raise DataError(f"{path} is not a CIFAR python-format pickle: {error}") from None
-    if not isinstance(content, dict):
-        raise DataError(f"{path} is not a CIFAR python-format pickle: not a dict")
-    return content
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from odk.atomic import atomic_dir, check_owned
+from odk.cifar import read_raw
 from odk.config import Config, main_entry
 from odk.errors import DataError
-from odk.stages.download import read_raw
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"  # the splits folder's marker
