@@ -76,7 +76,7 @@ def export_model(
     merged_convs = sum(isinstance(m, ODKConv2d) for m in model.modules())
     reference = Normalized(model, meta["mean"], meta["std"]).eval()
     plain = Normalized(merge_odk_convs(model), meta["mean"], meta["std"]).eval()
-    leftover = [name for name, m in plain.named_modules() if _is_odk(m)]
+    leftover = [name for name, m in plain.named_modules() if isinstance(m, ODKConv2d)]
     if leftover:
         raise OdkError(f"merging left ODK modules in the model: {', '.join(leftover)}")
     info = {"classes": list(meta["classes"]), "arch": meta["arch"], "input": _INPUT_DOC}
@@ -122,11 +122,6 @@ def check_output(out: Path, model_path: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OdkError(f"cannot write {out}: {exc.strerror or exc}") from None
-
-
-def _is_odk(module: nn.Module) -> bool:
-    """An ODK layer, or any module still carrying a parametrization (an orthogonal map)."""
-    return isinstance(module, ODKConv2d) or hasattr(module, "parametrizations")
 
 
 def _example(batch: int, seed: int) -> torch.Tensor:
