@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from odk import count_parameters, resnet18
-from odk.orthogonal import default_inverse
+from odk.inverse import default_inverse
 from timing import keep_freed_memory, median_times
 
 EPOCHS, TRAIN_IMAGES, VAL_IMAGES = 20, 45_000, 5_000  # params.yaml's max_epochs, default split

@@ -1,4 +1,7 @@
-"""The orthogonal map: ODK_INVERSE, the three inverses, Newton–Schulz's warm start and fallback."""
+"""The orthogonal map and its inverses (odk.orthogonal, odk.inverse).
+
+ODK_INVERSE, the three inverses, Newton–Schulz's warm start and fallback.
+"""
 
 import copy
 import os
@@ -9,9 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import odk.inverse
 import odk.orthogonal
+from odk.inverse import WarmStart, cayley_inverse, inverse_method
 from odk.layers import ODKConv2d
-from odk.orthogonal import WarmStart, cayley_inverse, full_precision_matmul, inverse_method
+from odk.orthogonal import full_precision_matmul
 
 
 @pytest.fixture
@@ -23,9 +28,9 @@ def spy(monkeypatch):
         calls[name] += 1
 
     for name, attr in [("schur", "_schur_inverse"), ("lu", "_lu_inverse")]:
-        fn = getattr(odk.orthogonal, attr)
-        monkeypatch.setattr(odk.orthogonal, attr, lambda m, n=name, f=fn: count(n) or f(m))
-    newton = odk.orthogonal._newton_inverse
+        fn = getattr(odk.inverse, attr)
+        monkeypatch.setattr(odk.inverse, attr, lambda m, n=name, f=fn: count(n) or f(m))
+    newton = odk.inverse._newton_inverse
 
     def counted_newton(m, warm):
         x = newton(m, warm)
@@ -33,7 +38,7 @@ def spy(monkeypatch):
             count("newton")
         return x
 
-    monkeypatch.setattr(odk.orthogonal, "_newton_inverse", counted_newton)
+    monkeypatch.setattr(odk.inverse, "_newton_inverse", counted_newton)
     return calls
 
 

@@ -6,8 +6,8 @@ A weight of shape ``(out, in, kh, kw)`` is read as a matrix ``W`` of shape ``out
 so ``W @ W.T == m * I``. A block is a fixed Haar-random orthogonal base times the Cayley transform
 of a trained skew-symmetric matrix that starts at zero: training starts from a random orthogonal
 weight and stays exactly orthogonal whatever the optimizer does. All ``m*r`` blocks of a layer go
-through one batched map (``odk.orthogonal``), and the input channels that meet only zero columns
-are never convolved.
+through one batched map (``odk.orthogonal``, its inverses in ``odk.inverse``), and the input
+channels that meet only zero columns are never convolved.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from odk.orthogonal import WarmStart, block_orthogonal_weight, haar_orthogonal, inverse_setting
+from odk.inverse import WarmStart, inverse_setting
+from odk.orthogonal import block_orthogonal_weight, haar_orthogonal
 
 
 def max_num_matrices(
