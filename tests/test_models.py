@@ -123,7 +123,7 @@ def test_build_model_accepts_every_spelling_of_baseline_name(name):
         (dict(odk_layers="34"), r"model\.odk_layers='34'"),
         (
             dict(odk_layers=[3, 4], r=3),
-            r"model\.r=3 .*\(\[256, 512\]\); allowed: \[1, 2, 4, .*, 256\]",
+            r"model\.r=3 .*\(256 in stage 3, 512 in stage 4\); allowed: 1, 2, 4, .*, 256$",
         ),
         (dict(r=0), r"model\.r=0 is not allowed"),
         (dict(num_matrices=0), r"model\.num_matrices=0 is not allowed; allowed: an integer >= 1"),

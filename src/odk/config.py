@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from odk.architecture import BASELINE_NAMES, STAGE_WIDTHS, check_r
 from odk.errors import ConfigError, OdkError, redact
 from odk.guards import require_settings
+from odk.schedulers import SCHEDULERS
 
 DATASETS = ("cifar10", "cifar100")
-BASELINES = ("resnet18", "Resnet-18", "ResNet-18", "resnet34", "Resnet-34", "ResNet-34")
-SCHEDULERS = ("none", "cosine", "onecycle")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 # Lightning 2.x's accepted precision strings (`lightning.fabric.connector._PRECISION_INPUT*`).
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
@@ -36,7 +36,6 @@ STRATEGY_PATTERN = (
     r"|deepspeed(_stage_1|_stage_2(_offload)?|_stage_3(_offload(_nvme)?)?)?"
     r"|ddp(_fork|_notebook|_spawn)?(_find_unused_parameters_(true|false))?"
 )
-STAGE_WIDTHS = {1: 64, 2: 128, 3: 256, 4: 512}  # output channels of each ResNet stage's convs
 
 
 @dataclass
@@ -120,7 +119,7 @@ def _is_limit(v: float) -> bool:
 
 
 def _is_stages(v: list[int]) -> bool:
-    return v != [] and len(set(v)) == len(v) and set(v) <= set(STAGE_WIDTHS)
+    return v != [] and len(set(v)) == len(v) and set(v) <= set(range(1, len(STAGE_WIDTHS) + 1))
 
 
 _STRATEGY = "auto, ddp, ddp_spawn, fsdp, deepspeed, ... (a Lightning strategy name)"
@@ -138,8 +137,10 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data_module.valid_size", lambda v: 0 < v < 1, "a number in (0, 1)"),
     ("learning_rate", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("max_epochs", lambda v: v >= 1, "an integer >= 1"),
-    ("baseline_name", lambda v: v in BASELINES, ", ".join(BASELINES)),
+    ("baseline_name", lambda v: v in BASELINE_NAMES, ", ".join(BASELINE_NAMES)),
     ("model.odk_layers", _is_stages, "a non-empty list of distinct stages in 1..4"),
+    # No upper bound: odk.models clamps num_matrices to each layer's maximum, so a sweep over
+    # 1..9 works whatever the stages.
     (
         "model.num_matrices",
         lambda v: v == "max" or (type(v) is int and v >= 1),
@@ -186,7 +187,7 @@ def validate_config(cfg: Config) -> Config:
             value = getattr(value, part)
         if not ok(value):
             raise ConfigError(f"{key}={redact(_show(value))} is not allowed; allowed: {allowed}")
-    _check_widths(cfg.model)
+    check_r(cfg.model.r, cfg.model.odk_layers)  # r must divide the width of every ODK stage
     return cfg
 
 
@@ -235,19 +236,6 @@ def _usage(stage: Callable[[Config], object], params_path: str | Path) -> str:
         f"Settings come from {params_path}; each KEY=VALUE is a Hydra override, e.g.\n"
         "  data_module.subset_fraction=0.1  model.r=4  'model.odk_layers=[2,3,4]'"
     )
-
-
-def _check_widths(m: ModelConfig) -> None:
-    """`model.r` must divide the width of every ODK stage."""
-    # num_matrices has no upper bound here: odk.models clamps it to each layer's maximum, so a
-    # sweep over 1..9 works whatever the stages.
-    stages = sorted(m.odk_layers)
-    widths = [STAGE_WIDTHS[s] for s in stages]
-    if any(w % m.r for w in widths):
-        where = ", ".join(f"{STAGE_WIDTHS[s]} in stage {s}" for s in stages)
-        why = f"r must divide the output channels of every ODK layer ({where})"
-        divisors = ", ".join(str(d) for d in range(1, min(widths) + 1) if min(widths) % d == 0)
-        raise ConfigError(f"model.r={m.r} is not allowed: {why}; allowed: {divisors}")
 
 
 def _show(value: Any) -> str:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from odk.architecture import is_int
 from odk.inverse import WarmStart, inverse_setting
 from odk.orthogonal import block_orthogonal_weight, haar_orthogonal
 
@@ -158,7 +159,7 @@ class ODKConv2d(nn.Module):
         """Validate the arguments early and return the resolved ``num_matrices``."""
         c_in, c_out, (kh, kw) = self.in_channels, self.out_channels, self.kernel_size
         layer = f"ODKConv2d({c_in}, {c_out}, kernel_size={(kh, kw)})"
-        if not all(_is_int(v) and v >= 1 for v in (c_in, c_out, kh, kw)):
+        if not all(is_int(v) and v >= 1 for v in (c_in, c_out, kh, kw)):
             raise ValueError(f"{layer}: channels and kernel sizes must be positive integers")
         if groups != 1:
             raise ValueError(f"{layer}: groups={groups!r} is not supported; allowed: groups=1")
@@ -169,7 +170,7 @@ class ODKConv2d(nn.Module):
                 f"{c_out}x{c_out} orthogonal matrix fits; an ODK layer needs "
                 "in_channels*kh*kw >= out_channels (keep this layer a dense nn.Conv2d)"
             )
-        if not _is_int(r) or r < 1 or c_out % r:
+        if not is_int(r) or r < 1 or c_out % r:
             divisors = [d for d in range(1, c_out + 1) if c_out % d == 0]
             raise ValueError(
                 f"{layer}: r={r!r} must divide out_channels={c_out}; allowed: {divisors}"
@@ -177,7 +178,7 @@ class ODKConv2d(nn.Module):
         most = n // c_out
         if num_matrices == "max":
             return most
-        if not _is_int(num_matrices) or not 1 <= num_matrices <= most:
+        if not is_int(num_matrices) or not 1 <= num_matrices <= most:
             raise ValueError(
                 f"{layer}: num_matrices={num_matrices!r} is out of range; allowed: an integer in "
                 f"1..{most} (in_channels*kh*kw // out_channels = {n} // {c_out}) or 'max'"
@@ -194,10 +195,6 @@ class ODKConv2d(nn.Module):
         if self.bias is None:
             s += ", bias=False"
         return s + f", r={self.r}, num_matrices={self.num_matrices}, block_size={self.block_size}"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def merge_odk_convs(module: nn.Module) -> nn.Module:

@@ -16,8 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from odk.errors import OdkError
 from odk.models import build_model
-
-SCHEDULERS = ("none", "cosine", "onecycle")
+from odk.schedulers import SCHEDULERS, lr_scheduler
 
 
 class DivergedError(OdkError):
@@ -32,7 +31,7 @@ class LitClassifier(pl.LightningModule):
             `odk_layers`, `num_matrices`, `r`).
         learning_rate: Adam's learning rate (the peak rate for `onecycle`).
         scheduler: `none`, `cosine` (annealed per epoch to 0 over `max_epochs`) or `onecycle`
-            (per step).
+            (per step); see `odk.schedulers`.
         max_epochs: Length of the run, used by the schedulers.
     """
 
@@ -82,20 +81,12 @@ class LitClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
-        name = self.hparams.scheduler
-        if name == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=self.hparams.max_epochs
-            )
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched}}
-        if name == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer,
-                max_lr=self.hparams.learning_rate,
-                total_steps=int(self.trainer.estimated_stepping_batches),
-            )
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": sched, "interval": "step"},
-            }
-        return optimizer
+
+        def total_steps() -> int:  # asked by onecycle only: Lightning counts the batches
+            return int(self.trainer.estimated_stepping_batches)
+
+        hp = self.hparams
+        schedule = lr_scheduler(hp.scheduler, optimizer, hp.max_epochs, total_steps)
+        if schedule is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

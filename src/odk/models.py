@@ -4,23 +4,29 @@ torchvision's ResNet (``conv3x3``/``conv1x1`` helpers, ``BasicBlock``, ``_make_l
 stem: a 3x3 stride-1 first conv and no max-pool, so 32x32 images reach ``layer1`` at full size.
 Each stage builds its 3x3 convs with a ``conv_layer`` factory, so the ODK network is the baseline
 with ``odk_layers`` naming the stages whose 3x3 convs are ``ODKConv2d``. The stem, the 1x1
-downsample convs (``in < out``: no orthogonal matrix fits) and the head stay dense.
+downsample convs (``in < out``: no orthogonal matrix fits) and the head stay dense. The widths,
+blocks, accepted names and the checks of the settings are in ``odk.architecture`` (no torch).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from odk.architecture import (
+    BASELINE_NAMES,
+    STAGE_BLOCKS,
+    STAGE_WIDTHS,
+    check_model_settings,
+    check_widths,
+)
 from odk.errors import ConfigError
 from odk.layers import ODKConv2d, max_num_matrices
 
-STAGE_WIDTHS = (64, 128, 256, 512)
 REPORT_KEYS = ("name", "shape", "m", "r", "block_size", "trainable_params", "dense_params")
 
 # Builds a conv from nn.Conv2d's arguments (in, out, kernel_size, stride=, padding=, bias=).
@@ -154,8 +160,8 @@ def _resnet(
     r: int,
     widths: Sequence[int] | None,
 ) -> ResNet:
-    widths = _check_widths(STAGE_WIDTHS if widths is None else widths)
-    stages = _check_settings(num_classes, odk_layers, num_matrices, r, widths)
+    widths = check_widths(STAGE_WIDTHS if widths is None else widths)
+    stages = check_model_settings(num_classes, odk_layers, num_matrices, r, widths)
     odk = odk_conv(num_matrices, r)
     conv_layers = [odk if stage in stages else nn.Conv2d for stage in range(1, 5)]
     return ResNet(layers, num_classes, conv_layers, widths)
@@ -175,7 +181,7 @@ def resnet18(
     Raises:
         ConfigError: A setting is out of range (the message names it and what is allowed).
     """
-    return _resnet([2, 2, 2, 2], num_classes, odk_layers, num_matrices, r, widths)
+    return _resnet(STAGE_BLOCKS["resnet18"], num_classes, odk_layers, num_matrices, r, widths)
 
 
 def resnet34(
@@ -192,20 +198,7 @@ def resnet34(
     Raises:
         ConfigError: A setting is out of range (the message names it and what is allowed).
     """
-    return _resnet([3, 4, 6, 3], num_classes, odk_layers, num_matrices, r, widths)
-
-
-# Accepted spellings of the `baseline_name` setting (the research plan writes "Resnet-18").
-BASELINE_NAMES: Mapping[str, Callable[..., ResNet]] = MappingProxyType(
-    {
-        "resnet18": resnet18,
-        "Resnet-18": resnet18,
-        "ResNet-18": resnet18,
-        "resnet34": resnet34,
-        "Resnet-34": resnet34,
-        "ResNet-34": resnet34,
-    }
-)
+    return _resnet(STAGE_BLOCKS["resnet34"], num_classes, odk_layers, num_matrices, r, widths)
 
 
 def build_model(
@@ -226,53 +219,8 @@ def build_model(
     if baseline_name not in BASELINE_NAMES:
         allowed = ", ".join(BASELINE_NAMES)
         raise ConfigError(f"baseline_name={baseline_name!r} is not supported; allowed: {allowed}")
-    return BASELINE_NAMES[baseline_name](num_classes, odk_layers, num_matrices, r, widths)
-
-
-def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
-    if (
-        isinstance(widths, str | bytes)
-        or len(widths) != 4
-        or not all(_is_int(w) and w >= 1 for w in widths)
-    ):
-        raise ConfigError(f"widths={widths!r} is not allowed; allowed: four integers >= 1")
-    return tuple(widths)
-
-
-def _check_settings(
-    num_classes: int,
-    odk_layers: Iterable[int],
-    num_matrices: int | str,
-    r: int,
-    widths: Sequence[int] = STAGE_WIDTHS,
-) -> set[int]:
-    """Validate the model settings; return the set of ODK stages."""
-    if not _is_int(num_classes) or num_classes < 1:
-        raise ConfigError(f"num_classes={num_classes!r} is not allowed; allowed: an integer >= 1")
-    stages = list(odk_layers) if not isinstance(odk_layers, str | bytes | int) else None
-    if stages is None or not all(_is_int(s) and 1 <= s <= 4 for s in stages):
-        raise ConfigError(
-            f"model.odk_layers={odk_layers!r} is not allowed; allowed: a list of stages in 1..4 "
-            "(e.g. [3, 4]), or [] for the dense baseline"
-        )
-    widths = sorted({widths[s - 1] for s in stages})
-    if not _is_int(r) or r < 1 or any(w % r for w in widths):
-        common = math.gcd(*widths)
-        allowed = [d for d in range(1, common + 1) if common % d == 0] if widths else "any int >= 1"
-        raise ConfigError(
-            f"model.r={r!r} is not allowed; it must divide the width of every ODK stage "
-            f"({widths}); allowed: {allowed}"
-        )
-    if num_matrices != "max" and (not _is_int(num_matrices) or num_matrices < 1):
-        raise ConfigError(
-            f"model.num_matrices={num_matrices!r} is not allowed; allowed: an integer >= 1 "
-            "(clamped to each layer's maximum, (in*k*k)//out) or 'max'"
-        )
-    return set(stages)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    blocks = STAGE_BLOCKS[BASELINE_NAMES[baseline_name]]
+    return _resnet(blocks, num_classes, odk_layers, num_matrices, r, widths)
 
 
 def count_parameters(model: nn.Module) -> int:
