@@ -6,6 +6,7 @@ import importlib.util
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import lightning.pytorch as pl
 import pytest
@@ -14,7 +15,7 @@ import torch
 from odk.config import TrainerConfig, load_config
 from odk.data import CIFARDataModule
 from odk.errors import ConfigError
-from odk.guards import check_trainer, cpu_count
+from odk.guards import check_lightning_names, check_trainer, cpu_count
 from odk.lit import LitClassifier
 from odk.stages.train import train
 
@@ -74,6 +75,31 @@ def test_pure_float16_is_refused():
 @pytest.mark.parametrize("precision", ["32-true", "64-true", "bf16-true", "bf16-mixed", "16-mixed"])
 def test_working_settings_pass(precision):
     check_trainer(_trainer(accelerator="cpu", precision=precision))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("strategy", "magic", "trainer.strategy=magic is not allowed; allowed: auto, ddp"),
+        ("precision", 8, "trainer.precision=8 is not allowed; allowed: 32-true"),
+        ("precision", "half", "trainer.precision=half is not allowed"),
+    ],
+)
+def test_a_name_lightning_does_not_know_stops_with_one_line(key, value, expected):
+    with pytest.raises(ConfigError) as info:
+        check_trainer(_trainer(**{key: value}))
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_lightning_names_are_allowed():
+    from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    for precision in get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS):
+        check_lightning_names(_trainer(precision=precision))
+    for name in StrategyRegistry.available_strategies():
+        check_lightning_names(_trainer(strategy=name))
 
 
 def test_the_train_stage_checks_before_reading_any_data(params_file, monkeypatch, tmp_path):

@@ -4,7 +4,10 @@
 working directory), applies command-line overrides (`data_module.batch_size=64`), merges the
 result into the dataclasses below and checks every value. A bad setting stops with one line
 naming the setting, the value and what is allowed, before any data is touched.
-`main_entry` is the `__main__` of every stage.
+`main_entry` is the `__main__` of every stage. The facts a rule needs are asked from where they
+live (`odk.architecture`, `odk.schedulers`); `trainer.precision` and `trainer.strategy` are
+checked against Lightning's own registries by the train stage (`odk.guards.check_trainer`),
+since asking Lightning imports torch and the torch-free stages load these settings too.
 """
 
 from __future__ import annotations
@@ -27,15 +30,6 @@ from odk.schedulers import SCHEDULERS
 
 DATASETS = ("cifar10", "cifar100")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-# Lightning 2.x's accepted precision strings (`lightning.fabric.connector._PRECISION_INPUT*`).
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
-PRECISIONS += ("transformer-engine", "transformer-engine-float16", "64", "32", "16", "bf16")
-# Lightning 2.x's StrategyRegistry names, plus "auto".
-STRATEGY_PATTERN = (
-    r"auto|single_(device|tpu|xla)|xla(_debug)?|fsdp(_cpu_offload)?"
-    r"|deepspeed(_stage_1|_stage_2(_offload)?|_stage_3(_offload(_nvme)?)?)?"
-    r"|ddp(_fork|_notebook|_spawn)?(_find_unused_parameters_(true|false))?"
-)
 
 
 @dataclass
@@ -122,7 +116,6 @@ def _is_stages(v: list[int]) -> bool:
     return v != [] and len(set(v)) == len(v) and set(v) <= set(range(1, len(STAGE_WIDTHS) + 1))
 
 
-_STRATEGY = "auto, ddp, ddp_spawn, fsdp, deepspeed, ... (a Lightning strategy name)"
 _LIMIT = "a fraction in (0, 1.0] or a number of batches >= 1"
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
@@ -150,8 +143,6 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("scheduler.name", lambda v: v in SCHEDULERS, ", ".join(SCHEDULERS)),
     ("trainer.accelerator", lambda v: v in ACCELERATORS, ", ".join(ACCELERATORS)),
     ("trainer.devices", _is_devices, "auto, a count >= 1, -1 (all) or a list of device indices"),
-    ("trainer.strategy", lambda v: re.fullmatch(STRATEGY_PATTERN, v) is not None, _STRATEGY),
-    ("trainer.precision", lambda v: str(v) in PRECISIONS, ", ".join(PRECISIONS)),
     ("trainer.limit_train_batches", _is_limit, _LIMIT),
     ("trainer.limit_val_batches", _is_limit, _LIMIT),
     ("compare.max_accuracy_drop", lambda v: 0 <= v < 1, "a number in [0, 1)"),

@@ -1,10 +1,14 @@
 """Checks that need more than a setting's own value: the machine, Lightning, the whole file.
 
-`check_trainer` asks Lightning itself whether the `trainer.*` settings can run here (it builds,
-without starting anything, the `Trainer` they describe) and adds what Lightning lets through
-but this project cannot use: more CPU processes than the machine has cores, and pure float16
-weights. `require_settings` makes params.yaml the single source of every setting: a file that
-lacks one is refused instead of silently running on a built-in default.
+`check_trainer` asks Lightning itself whether the `trainer.*` settings can run here: the
+precision and strategy must be names in Lightning's own registries, then it builds, without
+starting anything, the `Trainer` they describe; and it adds what Lightning lets through but
+this project cannot use: more CPU processes than the machine has cores, and pure float16
+weights. Lightning imports torch, so these checks run in the train stage, before any work, and
+not with the other settings in `odk.config`, which the torch-free stages load too.
+
+`require_settings` makes params.yaml the single source of every setting: a file that lacks one
+is refused instead of silently running on a built-in default.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ def check_trainer(trainer: Any) -> None:
     Raises:
         ConfigError: One line naming the first setting that fails, its value and why.
     """
+    check_lightning_names(trainer)
     kwargs: dict[str, Any] = {}
     for name in _CHECKED:  # one more setting at a time, so a failure names its setting
         kwargs[name] = getattr(trainer, name)
@@ -52,6 +57,35 @@ def check_trainer(trainer: Any) -> None:
         except Exception as exc:  # Lightning raises several types, each with a clear text
             raise ConfigError(_refusal(name, kwargs[name], exc)) from None
     _check_resolved(built, trainer)
+
+
+def check_lightning_names(trainer: Any) -> None:
+    """Refuse a `trainer.precision` or `trainer.strategy` that Lightning does not know.
+
+    The names come from Lightning's registries (the precision literals its `Trainer` accepts,
+    its `StrategyRegistry`), so they follow the installed version.
+
+    Raises:
+        ConfigError: `setting=value is not allowed; allowed: ...`, in one line.
+    """
+    from lightning.fabric.connector import _PRECISION_INPUT
+    from lightning.fabric.plugins.precision import Precision
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    literals = [
+        v for literal in typing.get_args(_PRECISION_INPUT) for v in typing.get_args(literal)
+    ]
+    # Lightning's default, its other names, then the aliases; 16 (an int) and "16" are one here
+    literals.sort(key=lambda v: not isinstance(v, str))
+    precisions = list(dict.fromkeys(str(p) for p in [Precision.precision, *literals]))
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    for name, value, allowed in [
+        ("precision", trainer.precision, precisions),
+        ("strategy", trainer.strategy, strategies),
+    ]:
+        if str(value) not in allowed:
+            why = f"is not allowed; allowed: {', '.join(allowed)}"
+            raise ConfigError(f"trainer.{name}={value} {why}")
 
 
 def _lightning_trainer(**kwargs: Any) -> Any:
