@@ -3,11 +3,12 @@
 `load_config` composes params.yaml with Hydra's compose API (no output folder, no change of
 working directory), applies command-line overrides (`data_module.batch_size=64`), merges the
 result into the dataclasses below and checks every value. A bad setting stops with one line
-naming the setting, the value and what is allowed, before any data is touched.
-`main_entry` is the `__main__` of every stage. The facts a rule needs are asked from where they
-live (`odk.architecture`, `odk.schedulers`); `trainer.precision` and `trainer.strategy` are
-checked against Lightning's own registries by the train stage (`odk.guards.check_trainer`),
-since asking Lightning imports torch and the torch-free stages load these settings too.
+naming the setting, the value and what is allowed, before any data is touched; every stage
+loads them through `odk.stages.main_entry`. Turning plain containers into the dataclasses is
+generic (`odk.typed`), and the facts a rule needs are asked from where they live
+(`odk.architecture`, `odk.schedulers`). `trainer.precision` and `trainer.strategy` are checked
+against Lightning's own registries by the train stage (`odk.guards.check_trainer`): asking
+Lightning imports torch, and the torch-free stages load these settings too.
 """
 
 from __future__ import annotations
@@ -15,18 +16,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
-import types
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from odk.architecture import BASELINE_NAMES, STAGE_WIDTHS, check_r
-from odk.errors import ConfigError, OdkError, redact
+from odk.errors import ConfigError, redact
 from odk.guards import require_settings
 from odk.schedulers import SCHEDULERS
+from odk.typed import build, show, unknown_key
 
 DATASETS = ("cifar10", "cifar100")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -166,18 +165,18 @@ def load_config(overrides: Sequence[str] = (), params_path: str | Path = "params
         )
     settings = _compose(path, list(overrides))
     require_settings(settings, Config, path)  # no setting falls back on a built-in default
-    return validate_config(_build(Config, settings, ""))
+    return validate_config(build(Config, settings))
 
 
 def validate_config(cfg: Config) -> Config:
     """Check the names, types and ranges of every setting of `cfg`; return a checked copy."""
-    cfg = _build(Config, config_to_dict(cfg), "")
+    cfg = build(Config, config_to_dict(cfg))
     for key, ok, allowed in _RULES:
         value = cfg
         for part in key.split("."):
             value = getattr(value, part)
         if not ok(value):
-            raise ConfigError(f"{key}={redact(_show(value))} is not allowed; allowed: {allowed}")
+            raise ConfigError(f"{key}={redact(show(value))} is not allowed; allowed: {allowed}")
     check_r(cfg.model.r, cfg.model.odk_layers)  # r must divide the width of every ODK stage
     return cfg
 
@@ -185,60 +184,6 @@ def validate_config(cfg: Config) -> Config:
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The settings as plain nested dicts and lists (JSON- and YAML-serializable)."""
     return dataclasses.asdict(cfg)
-
-
-def main_entry(
-    stage: Callable[[Config], object],
-    argv: Sequence[str] | None = None,
-    params_path: str | Path = "params.yaml",
-) -> None:
-    """Run `stage` as a command: load the settings with argv as overrides, report errors.
-
-    Args:
-        stage: the stage function; its docstring's first line is shown by `--help`.
-        argv: Hydra overrides (default: `sys.argv[1:]`); `-h`/`--help` prints the usage.
-        params_path: the YAML file holding the settings.
-
-    Raises:
-        SystemExit: 2 after an `OdkError` (printed as `error: <message>`), 130 on Ctrl-C.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
-        print(_usage(stage, params_path))
-        return
-    try:
-        stage(load_config(args, params_path))
-    except OdkError as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted: stopped before finishing; outputs left as they were", file=sys.stderr)
-        raise SystemExit(130) from None
-
-
-def _usage(stage: Callable[[Config], object], params_path: str | Path) -> str:
-    module = stage.__module__
-    if module == "__main__":  # `python -m odk.stages.x`: the real name is on the module's spec
-        spec = getattr(stage, "__globals__", {}).get("__spec__")
-        module = spec.name if spec is not None else stage.__name__
-    summary = (stage.__doc__ or "").strip().split("\n\n")[0]
-    return (
-        f"usage: python -m {module} [KEY=VALUE ...]\n\n{summary}\n\n"
-        f"Settings come from {params_path}; each KEY=VALUE is a Hydra override, e.g.\n"
-        "  data_module.subset_fraction=0.1  model.r=4  'model.odk_layers=[2,3,4]'"
-    )
-
-
-def _show(value: Any) -> str:
-    """A value as written on the command line; strings that look like another type quoted."""
-    if isinstance(value, str):
-        plain = value and not re.fullmatch(r"[-+.\d_eE]+|true|false|null|~|\[.*\]", value, re.I)
-        return value if plain else f'"{value}"'
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    if isinstance(value, list):
-        return f"[{','.join(_show(v) for v in value)}]"
-    return str(value)
 
 
 def _compose(path: Path, overrides: list[str]) -> dict[str, Any]:
@@ -271,63 +216,14 @@ def _compose(path: Path, overrides: list[str]) -> dict[str, Any]:
         found = re.match(r"Could not override '([^']+)'", str(error))
         if found is None:
             raise ConfigError(f"{path}: {_first_line(error)}") from None
-        raise ConfigError(_unknown_key(found.group(1), f"it is missing from {path}")) from None
+        raise ConfigError(
+            unknown_key(Config, found.group(1), f"it is missing from {path}")
+        ) from None
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or path
         raise ConfigError(f"{key}: {_first_line(error)}") from None
     except (ValueError, KeyError, TypeError) as error:  # e.g. OmegaConf on `model.r.x=1`
         raise ConfigError(f"cannot apply {' '.join(overrides)}: {_first_line(error)}") from None
-
-
-def _unknown_key(key: str, missing: str = "") -> str:
-    """The message for a setting `key` that the schema (or params.yaml) does not have."""
-    cls: Any = Config
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if not dataclasses.is_dataclass(cls):
-            return f"{key} is not a setting: {'.'.join(parts[:i])} is a single value"
-        names = [f.name for f in dataclasses.fields(cls)]
-        if part not in names:
-            where = f"in {'.'.join(parts[:i])}" if i else "at the top level"
-            return (
-                f"{'.'.join(parts[: i + 1])} is not a setting; allowed {where}: {', '.join(names)}"
-            )
-        cls = typing.get_type_hints(cls)[part]
-    return f"cannot override {key}: {missing}; add it there or use +{key}=VALUE"
-
-
-def _build(cls: Any, data: Any, prefix: str) -> Any:
-    """An instance of the dataclass `cls` from plain containers, checking names and types."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    if not isinstance(data, dict):
-        allowed = f"a mapping of {', '.join(names)}"
-        raise ConfigError(f"{prefix[:-1]}={_show(data)} is not allowed; allowed: {allowed}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(_unknown_key(f"{prefix}{key}"))
-        if dataclasses.is_dataclass(hints[key]):
-            values[key] = _build(hints[key], value, f"{prefix}{key}.")
-        else:
-            values[key] = _typed(f"{prefix}{key}", value, hints[key])
-    return cls(**values)
-
-
-def _typed(key: str, value: Any, hint: Any) -> Any:
-    """`value` if it has the type `hint` (an int is a valid float; a bool is no number)."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for option in options:
-        if option is float and type(value) in (int, float):
-            return float(value)
-        if option in (int, str) and type(value) is option:
-            return value
-        is_list = typing.get_origin(option) is list and type(value) is list
-        if is_list and all(type(v) is int for v in value):
-            return list(value)
-    names = {int: "an integer", float: "a number", str: "a string"}
-    allowed = " or ".join(names.get(o, "a list of integers") for o in options)
-    raise ConfigError(f"{key}={_show(value)} is not allowed; allowed: {allowed}")
 
 
 def _first_line(error: BaseException) -> str:

@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from odk.atomic import write_json, write_text
-from odk.config import Config, main_entry
+from odk.config import Config
 from odk.errors import OdkError
 from odk.plots import confusion_records, curve_records, mean_roc_records, save_band_png
-from odk.stages import KINDS, Run
+from odk.stages import KINDS, Run, main_entry
 from odk.stats import accuracy_delta_ci, verdict
 
 # key of metrics/<kind>.json -> (record, key); means over the seeds

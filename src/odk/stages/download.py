@@ -31,8 +31,9 @@ from tqdm import tqdm
 
 from odk.atomic import atomic_dir, check_owned
 from odk.cifar import LAYOUTS, read_raw
-from odk.config import Config, main_entry
+from odk.config import Config
 from odk.errors import DataError, redact
+from odk.stages import main_entry
 
 SOURCE = "source.json"  # the raw folder's marker: what it was extracted from
 # The largest file of the official archives is CIFAR-100's `train`, 155 MB; they hold 8 members.

@@ -19,8 +19,9 @@ import numpy as np
 
 from odk.atomic import atomic_dir, check_owned
 from odk.cifar import read_raw
-from odk.config import Config, main_entry
+from odk.config import Config
 from odk.errors import DataError
+from odk.stages import main_entry
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"  # the splits folder's marker
