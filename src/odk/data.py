@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from odk.cifar import IMAGE_SIZE
 from odk.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -62,8 +63,9 @@ def load_split(split_dir: str | Path, split: str) -> tuple[Tensor, Tensor]:
                 f"{path} is missing or corrupt ({error}): run the split stage"
             ) from None
     images, labels = arrays
-    if images.dtype != np.uint8 or images.shape != (size, 3, 32, 32):
-        what = f"{images.dtype} {images.shape}, expected uint8 ({size}, 3, 32, 32)"
+    shape = (size, 3, IMAGE_SIZE, IMAGE_SIZE)
+    if images.dtype != np.uint8 or images.shape != shape:
+        what = f"{images.dtype} {images.shape}, expected uint8 {shape}"
         raise DataError(f"{split}_images.npy in {split_dir} is {what} (see manifest.json)")
     if labels.shape != (size,) or size == 0 or labels.min() < 0 or labels.max() >= num_classes:
         what = f"shape {labels.shape} with values outside 0..{num_classes - 1}, or not {size}"

@@ -20,8 +20,9 @@ from functools import lru_cache
 
 import torch
 
+from odk.architecture import STAGE_WIDTHS
 from odk.errors import ConfigError
-from odk.models import STAGE_WIDTHS, build_model, count_parameters
+from odk.models import build_model, count_parameters
 
 TOLERANCE = 0.02  # largest relative difference |matched - odk| / odk
 
