@@ -123,7 +123,7 @@ def test_a_ddp_run_killed_after_an_epoch_resumes(
     assert not (repo / "models/odk/seed0.ckpt").exists()
 
     resumed = run(TRAIN, repo, env)
-    assert "Resuming odk training from" in resumed.stderr
+    assert "Resuming odk/seed0 training from" in resumed.stderr
     reference, _ = ddp_run
     timing = {"training_time_s"}
     got, expected = (
