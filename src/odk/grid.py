@@ -27,6 +27,7 @@ from odk.atomic import write_text
 from odk.errors import ConfigError, OdkError
 
 POLL_SECONDS = 10
+IDLE_POLLS = 6  # polls with work queued but no queue worker alive before the grid gives up
 
 
 @dataclass(frozen=True)
@@ -148,9 +149,24 @@ def run_grid(
     return {"commands": commands, "status": status, "wall_s": wall, "report": report}
 
 
+def _dvc_env() -> dict[str, str]:
+    """The environment with this interpreter's `bin/` first on PATH.
+
+    `dvc queue start` starts its workers as a bare `dvc` from PATH; from a virtual environment
+    that is not activated (`.venv/bin/odk grid`, `make`), none is found, the workers die at
+    once and nothing tells the queue.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    return os.environ | {"PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+
+
 def _dvc(command: list[str], repo: str | Path) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", *command], cwd=repo, capture_output=True, text=True
+        [sys.executable, "-m", *command],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=_dvc_env(),
     )
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
@@ -159,11 +175,24 @@ def _dvc(command: list[str], repo: str | Path) -> str:
 
 
 def _wait(repo: str | Path) -> str:
-    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    """Poll `dvc queue status` until nothing is queued or running; return the last status.
+
+    Raises:
+        OdkError: experiments stay queued while no queue worker is alive.
+    """
+    idle = 0
     while True:
         status = _dvc(["dvc", "queue", "status"], repo)
         if "Queued" not in status and "Running" not in status:
             return status
+        no_worker = "Running" not in status and "Worker status: 0 active, 0 idle" in status
+        idle = idle + 1 if no_worker else 0
+        if idle >= IDLE_POLLS:
+            raise OdkError(
+                "experiments are queued but no `dvc queue` worker is running (see "
+                ".dvc/tmp/exps/celery/*.out); start them with `dvc queue start -j N`, or "
+                "`dvc queue remove --queued` to give up"
+            )
         time.sleep(POLL_SECONDS)
 
 
