@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,20 +21,6 @@ from e2e import copy_repo, dvc, make_tiny_repo, run
 
 pytestmark = pytest.mark.slow
 TIMING = {"training_time_s"}
-# Loaded (as sitecustomize) only by the runs a test interrupts: epoch 2 waits, so the signal
-# always lands mid-run, however long a busy machine takes to notice epoch 1's checkpoint.
-PAUSE = """
-import os
-if os.environ.get("ODK_TEST_PAUSE_S"):
-    import time
-    import lightning.pytorch as pl
-    start = pl.LightningModule.on_train_epoch_start
-    def paused(self):
-        if self.current_epoch >= 1:
-            time.sleep(float(os.environ["ODK_TEST_PAUSE_S"]))
-        return start(self)
-    pl.LightningModule.on_train_epoch_start = paused
-"""
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +72,23 @@ def test_rerun_is_bit_identical(split_repo: Path, reference: Path, tmp_path: Pat
     assert "torch" in _metrics(repo)["versions"]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill_after_first_epoch(repo: Path, env: dict[str, str], sig: signal.Signals) -> Path:
     """Start training, send `sig` once epoch 1 is checkpointed; return the checkpoint."""
     last = repo / ".odk_state/train_odk_seed42/last.ckpt"
-    hooks = repo.parent / "pause_hooks"
-    hooks.mkdir(exist_ok=True)
-    (hooks / "sitecustomize.py").write_text(PAUSE)
-    paused = {**env, "ODK_TEST_PAUSE_S": "120"}
-    paused["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(hooks)) if p)
     proc = subprocess.Popen(
         [sys.executable, "-m", "odk.stages.train", "odk"],
         cwd=repo,
-        env=paused,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job (`make test &`, nohup) starts with SIGINT ignored, and
+        # the child would inherit that: give it the default, as a terminal's Ctrl-C has.
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 600
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
